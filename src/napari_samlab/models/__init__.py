@@ -1,0 +1,1 @@
+"""Segmentation engines: the classic (no-weights) engine and checkpoint families."""
