@@ -81,8 +81,8 @@ def guess_modality(image: np.ndarray, modality: Optional[str] = None) -> str:
         m = modality.upper()
         if m in ("CT", "MR"):
             return m
-    if image.size and np.issubdtype(image.dtype, np.number) and not np.issubdtype(image.dtype, np.uint8):
-        if float(np.min(image)) < -500:
+    if image.size and np.issubdtype(image.dtype, np.number):
+        if not np.issubdtype(image.dtype, np.uint8) and float(np.min(image)) < -500:
             return "CT"
         if image.ndim == 3 and image.shape[-1] not in (3, 4):
             return "MR"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what is needed, then runs
+# pytest under a virtual X server (napari needs OpenGL; Xvfb + Mesa has it,
+# Qt's offscreen platform does not).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+mkdir -p test-artifacts
+export QT_QPA_PLATFORM=xcb
+export PYTHONFAULTHANDLER=1
+# pytest exits 5 when nothing was collected: that is a failure here
+xvfb-run -a -s "-screen 0 1600x1200x24 -nolisten tcp" \
+  .venv/bin/python -m pytest -ra "$@"

@@ -1,0 +1,257 @@
+"""The ``samlab`` command line (SPEC.md): ``samlab segment`` and ``samlab info``.
+
+Bad input ends with one line on stderr, a non-zero exit and no output
+file; tracebacks are shown only with ``SAMLAB_DEBUG=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .errors import SamlabError
+
+FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
+EXIT_BAD_INPUT = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (SPEC: one clear line)."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .predict.windowing import PRESET_NAMES
+
+    parser = _Parser(prog="samlab", description="Promptable segmentation of CT, MRI, histology and microscopy.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    seg = sub.add_parser("segment", help="segment an image from a box or points and write a label image")
+    seg.add_argument("image", metavar="IMAGE", help="NIfTI, NRRD, MHA/MHD, DICOM series folder, TIFF, PNG or JPEG")
+    seg.add_argument("-o", "--output", required=True, metavar="OUT", help="label image to write (.nii.gz, .nii, .nrrd, .mha, .tif, .png; .dcm = DICOM SEG for DICOM input)")
+    seg.add_argument("--model", choices=FAMILIES, help="engine (default: classic, or detected from --checkpoint)")
+    seg.add_argument("--checkpoint", metavar="PATH", help="model weights file")
+    seg.add_argument("--base-checkpoint", metavar="PATH", help="original SAM weights a SAMed LoRA file builds on")
+    seg.add_argument("--slice", type=int, metavar="Z", help="slice index that carries the prompt (3D input)")
+    seg.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="box corners (array indices, inclusive)")
+    seg.add_argument("--point", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"), help="positive click (repeatable)")
+    seg.add_argument("--negative", type=float, nargs=2, action="append", default=[], metavar=("X", "Y"), help="negative click (repeatable)")
+    seg.add_argument("--propagate", action="store_true", help="propagate the prompted slice's mask through the volume")
+    win = seg.add_mutually_exclusive_group()
+    win.add_argument("--window", default="auto", choices=PRESET_NAMES, help="intensity window (default: the family's own)")
+    win.add_argument("--window-level", type=float, nargs=2, metavar=("L", "W"), help="manual window level and width")
+    seg.add_argument("--label", type=int, default=1, metavar="N", help="label value of the object (default 1)")
+    seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
+    info = sub.add_parser("info", help="describe a checkpoint file")
+    info.add_argument("checkpoint", metavar="CHECKPOINT")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``samlab`` console script; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as err:
+        print(f"samlab: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command is None:
+        build_parser().print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "segment":
+            return run_segment(args)
+        return run_info(args)
+    except SamlabError as err:
+        print(f"samlab: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("samlab: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("samlab: error: out of memory: crop the image, close other programs or use a smaller model", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as err:  # noqa: BLE001 - last line of defence: no traceback for users
+        if os.environ.get("SAMLAB_DEBUG"):
+            raise
+        print(f"samlab: internal error: {type(err).__name__}: {err} (rerun with SAMLAB_DEBUG=1 and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+# -- samlab info -----------------------------------------------------------
+def run_info(args) -> int:
+    from .models.registry import describe_checkpoint
+
+    if not Path(args.checkpoint).is_file():
+        raise SamlabError(f"{args.checkpoint} does not exist: check the path")
+    info = describe_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key.replace('_', ' ')}: {value}")
+    return 0
+
+
+# -- samlab segment --------------------------------------------------------
+def run_segment(args) -> int:
+    from .io.readers import read_image
+    from .io.writers import LABEL_FORMATS
+    from .io.readers import image_extension
+
+    out = Path(args.output)
+    if image_extension(out) not in LABEL_FORMATS:
+        raise SamlabError(f"cannot write labels to {out.name}: end OUT with one of {', '.join(LABEL_FORMATS)}")
+    if not out.parent.exists():
+        raise SamlabError(f"output folder {out.parent} does not exist: create it first")
+    if not 1 <= args.label <= 65535:
+        raise SamlabError(f"--label {args.label} is out of range: use 1..65535")
+    image = read_image(args.image)
+    if image_extension(out) == ".dcm" and image.metadata.get("format") != "dicom":
+        raise SamlabError("a .dcm output is a DICOM Segmentation and needs a DICOM series as IMAGE: save as .nii.gz or .nrrd instead")
+    model = _load_model(args)
+    labels = segment_image(image, model, args)
+    from .io.writers import write_labels
+
+    write_labels(labels, image, out, segment_names={args.label: "object"} if model.needs_prompt else None)
+    n = int(np.count_nonzero(labels))
+    ml = n * float(np.prod(image.spacing)) / 1000.0 if image.spatial_ndim == 3 else None
+    size = f", {ml:.2f} mL" if ml is not None else ""
+    print(f"wrote {out} ({n} voxels labelled{size})")
+    return 0
+
+
+def _load_model(args):
+    from .models.registry import load_model
+
+    family = args.model
+    if args.checkpoint is None and family not in (None, "classic"):
+        raise SamlabError(f"--model {family} needs its weights: add --checkpoint PATH")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise SamlabError(f"checkpoint {args.checkpoint} does not exist: check the path")
+    if args.base_checkpoint is not None and not Path(args.base_checkpoint).is_file():
+        raise SamlabError(f"base checkpoint {args.base_checkpoint} does not exist: check the path")
+    if args.checkpoint is None:
+        family = family or "classic"
+    return load_model(args.checkpoint, family=family, base_checkpoint=args.base_checkpoint, device=args.device)
+
+
+def _prompt_from_args(args, shape):
+    from .models.base import Prompt
+
+    h, w = shape[:2]
+    box = None
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if x1 <= x0 or y1 <= y0:
+            raise SamlabError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is empty: give X0 < X1 and Y0 < Y1 (top-left then bottom-right corner)")
+        for v, limit, axis in ((x0, w, "x"), (x1, w, "x"), (y0, h, "y"), (y1, h, "y")):
+            if not 0 <= v <= limit - 1:
+                raise SamlabError(f"box {axis}={v:g} is outside the image (0..{limit - 1} for {axis}): check --box")
+        box = (x0, y0, x1, y1)
+    points, labels = [], []
+    for coords, lab in ((args.point, 1), (args.negative, 0)):
+        for x, y in coords:
+            if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+                raise SamlabError(f"point ({x:g}, {y:g}) is outside the image (x 0..{w - 1}, y 0..{h - 1}): check --point/--negative")
+            points.append((x, y))
+            labels.append(lab)
+    if points and all(lab == 0 for lab in labels) and box is None:
+        raise SamlabError("only negative points given: add a box or a positive --point inside the object")
+    return Prompt(box=box, points=points or None, point_labels=labels or None)
+
+
+def segment_image(image, model, args) -> np.ndarray:
+    """Run the engine on IMAGE per the parsed CLI arguments; returns the label array."""
+    from .predict.predictor import SlicePredictor
+    from .predict.windowing import resolve_window
+
+    volume = image.array
+    is3d = image.spatial_ndim == 3
+    modality = image.metadata.get("modality")
+    window = tuple(args.window_level) if args.window_level else args.window
+    predictor = SlicePredictor(model, cache_dir=args.cache_dir)
+    labels = np.zeros(image.spatial_shape, np.uint16 if args.label > 255 or model.num_classes > 255 else np.uint8)
+
+    if not model.needs_prompt:  # SAMed: classes on every slice, no prompt
+        if args.box is not None or args.point or args.negative:
+            print("samlab: note: this model segments without prompts; --box/--point are ignored", file=sys.stderr)
+        win = resolve_window(window, volume, model, modality)
+        slices = range(volume.shape[0]) if is3d else [None]
+        if is3d and args.slice is not None:
+            _check_slice(args.slice, volume.shape[0])
+            slices = [args.slice]
+        from .models.base import Prompt
+
+        for z in slices:
+            plane = volume[z] if z is not None else volume
+            predictor.set_image(plane, window=win)
+            pred = predictor.predict_prompt(Prompt())
+            cls = pred.labels if pred.labels is not None else pred.mask.astype(np.uint8)
+            if z is None:
+                labels[...] = cls
+            else:
+                labels[z] = cls
+        return labels
+
+    if args.box is None and not args.point and not args.negative:
+        raise SamlabError("no prompt given: add --box X0 Y0 X1 Y1 or --point X Y")
+    if is3d:
+        if args.slice is None:
+            raise SamlabError(f"IMAGE is a volume of {volume.shape[0]} slices: say which slice carries the prompt with --slice Z")
+        _check_slice(args.slice, volume.shape[0])
+        plane_shape = volume.shape[1:]
+    else:
+        if args.slice not in (None, 0):
+            raise SamlabError("IMAGE is 2D: leave out --slice (or use --slice 0)")
+        if args.propagate:
+            raise SamlabError("--propagate needs a volume; IMAGE is 2D")
+        plane_shape = volume.shape[:2]
+    prompt = _prompt_from_args(args, plane_shape)
+    model.check_prompt(prompt, plane_shape)
+    win = resolve_window(window, volume, model, modality)
+
+    if is3d and args.propagate:
+        from .propagate import propagate_from_prompt
+
+        t0 = time.perf_counter()
+        result = propagate_from_prompt(predictor, volume, args.slice, prompt, window=win, modality=modality)
+        labels[result.mask] = args.label
+        flagged = result.flagged_slices()
+        zs = np.flatnonzero(result.mask.any(axis=(1, 2)))
+        extent = f"slices {zs.min()}..{zs.max()}" if zs.size else "no slices"
+        print(f"propagated over {extent} in {time.perf_counter() - t0:.1f} s"
+              + (f"; check flagged slices {', '.join(map(str, flagged))}" if flagged else ""), file=sys.stderr)
+        return labels
+
+    plane = volume[args.slice] if is3d else volume
+    predictor.set_image(plane, window=win)
+    pred = predictor.predict_prompt(prompt)
+    if is3d:
+        labels[args.slice][pred.mask] = args.label
+    else:
+        labels[pred.mask] = args.label
+    return labels
+
+
+def _check_slice(z: int, depth: int) -> None:
+    if not 0 <= z < depth:
+        raise SamlabError(f"--slice {z} is outside the volume (0..{depth - 1})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""npe2 contributions: reader, writer and sample data (thin wrappers on io/)."""

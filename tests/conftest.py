@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to real data, small helpers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_data"
+# ../shared/data sits beside the checkout (also in CI)
+SHARED_DATA = Path(os.environ.get("SAMLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
