@@ -117,3 +117,33 @@ def test_damaged_file_gives_one_message_and_no_layer(make_napari_viewer, tmp_pat
     viewer.open(str(bad), plugin="napari-samlab")
     assert len(viewer.layers) == 0
     assert len(shown) == 1 and "truncated" in shown[0]
+
+
+def test_dicom_series_opens_and_labels_save_as_dicom_seg(make_napari_viewer, tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from dicom_helpers import pydicom_test_dir
+
+    series = pydicom_test_dir("dicomdirtests/98892001/CT5N")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(series), plugin="napari-samlab")
+    assert len(layers) == 1
+    image = layers[0]
+    assert image.data.shape[0] == 5
+    labels = np.zeros(image.data.shape, np.uint8)
+    labels[1:4, 4:10, 5:12] = 1
+    lab = viewer.add_labels(labels, scale=image.scale, translate=image.translate, affine=image.affine,
+                            metadata=dict(image.metadata))
+    out = tmp_path / "seg.dcm"
+    assert lab.save(str(out), plugin="napari-samlab")
+    seg = hd.seg.segread(str(out))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    sorted_files = image.metadata["samlab"]["dicom_files"]
+    refs = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in sorted_files}
+    assert refs == uids
+    from napari_samlab.io.dicom_seg import read_dicom_seg
+    from napari_samlab.io.readers import read_image
+
+    np.testing.assert_array_equal(read_dicom_seg(out, read_image(series)), labels)

@@ -111,10 +111,8 @@ def read_images(path, timepoint: Optional[int] = None, keep_time: bool = False) 
                 "a DICOM series folder, TIFF, PNG or JPEG"
             )
         # one DICOM file: read the series it belongs to from its folder
-        series = read_dicom_series(path.parent)
         uid = _series_uid_of(path)
-        picked = [s for s in series if s.metadata.get("series_uid") == uid]
-        return picked or series
+        return read_dicom_series(path.parent, series_uid=uid) if uid else read_dicom_series(path)
     return [_read_with_sitk(path, timepoint, keep_time)]
 
 
@@ -297,16 +295,34 @@ def _check_complete(path: Path, itk_image, reader) -> None:
 
 
 def _nifti_expected_bytes(path: Path, itk_image):
-    import nibabel as nib
+    """vox_offset + data size from the raw NIfTI-1/2 header (None if unsure)."""
+    import gzip
+    import struct
 
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
     try:
-        header = nib.load(str(path)).header
-    except Exception:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+    except (OSError, EOFError):
         return None
-    offset = int(header.get("vox_offset", 352))
-    dims = header.get_data_shape()
-    nbytes = int(np.prod(dims, dtype=np.int64)) * header.get_data_dtype().itemsize
-    return offset + nbytes
+    for endian in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:  # NIfTI-1
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0]) or 352
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:  # NIfTI-2
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            offset = int(struct.unpack(endian + "q", head[168:176])[0]) or 544
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0:
+        return None
+    nvox = int(np.prod([max(1, d) for d in dims[1:ndim + 1]], dtype=np.int64))
+    return offset + nvox * bitpix // 8
 
 
 def _gzip_length(path: Path) -> int:
