@@ -1,0 +1,723 @@
+"""Medical SAM Adapter (MSA, KidsWithTokens/Medical-SAM-Adapter): three code generations.
+
+This is an independent re-implementation from the documented behaviour of
+the upstream code (which is GPL-3.0; nothing is copied from it).
+
+A checkpoint is ``{"epoch", "model": <network name>, "state_dict",
+"optimizer", "best_tol", "path_helper"}``; the weights are under
+``"state_dict"``.  The network is SAM with three adapters in every ViT block
+(``MLP_Adapter``, ``Space_Adapter``, ``Depth_Adapter``; each ``D_fc1``
+dim -> dim/4, GELU, ``D_fc2`` dim/4 -> dim; only ``Space_Adapter`` adds its
+input back).  A block, in order::
+
+    shortcut = x
+    x = window_partition(x)            # zero padding, *before* norm1 (SAM: after)
+    x = Space_Adapter(attn(norm1(x)))
+    x = shortcut + window_unpartition(x)
+    x = x + mlp(norm2(x)) + 0.5 * MLP_Adapter(norm2(x))
+
+``Depth_Adapter`` only runs on 3D volumes and is loaded but unused here.
+
+Generations, told apart by the keys:
+
+* **A** (2023 paper code): ``attn.rel_pos_h`` names, SAM's own two-way
+  decoder (``mlp.lin1``), image size 1024, ``pos_embed`` 64x64 added as is.
+* **B** (January 2024): ``rel_pos_h`` names, decoder two-way blocks in the
+  EfficientSAM style (``mlp.layers.0.0`` / ``mlp.fc``; the self-attention
+  always keeps its residual and, after the first block, attends with the
+  positional embedding added to queries, keys *and* values and carries it on
+  in the residual; attention scaled by multiplying with 1/sqrt(d)).
+  ``pos_embed`` is stored 64x64 and resized bicubically
+  (``align_corners=False``) to the token grid at run time.
+* **C** (current): as B with ``attn.rel_h`` / ``attn.rel_w`` names.
+
+The image size S is read from the global blocks' relative-position tables
+(2*S/16 - 1 rows).  Files from the weeks when those tables were always 127
+rows long are taken as S = 1024 unless ``image_size`` is given; tables of a
+different length than the grid needs are linearly resampled at run time, as
+upstream (and SAM) do.
+
+Inference, as upstream's 2D validation: RGB resized to S x S with
+torchvision's bilinear ``Resize`` on the PIL image, ``ToTensor`` ([0, 1], no
+mean/std); one positive click whose coordinates were given as (row, col) in
+the S x S frame; decoder token 0 (the first of ``[0:n]``); logits > 0 after
+bilinear upsampling to the slice size.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import SamlabError
+from .base import Prediction, Prompt, SegmentationModel
+
+PATCH_SIZE = 16
+WINDOW_SIZE = 14
+ADAPTER_SCALE = 0.5  # weight of MLP_Adapter beside the block's MLP
+DEFAULT_IMAGE_SIZE = 1024
+_BACKBONES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_ENC = "image_encoder."
+_DEC = "mask_decoder.transformer."
+
+
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
+def _plain(state_dict) -> dict:
+    """The bare tensors; accepts the whole MSA file dict and ``module.`` prefixes too."""
+    sd = state_dict
+    for _ in range(3):
+        if not isinstance(sd, dict):
+            return {}
+        if sd and all(_is_tensor(v) for v in sd.values()):
+            break
+        # MSA's "model" entry is the network's name (a string): look for the weights first
+        for key in ("state_dict", "model", "module", "net"):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+        else:
+            break
+    tensors = {str(k): v for k, v in sd.items() if _is_tensor(v)}
+    for prefix in ("module.", "_orig_mod."):
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _block_ids(sd: dict) -> list:
+    return sorted({int(m.group(1)) for k in sd for m in [re.match(r"^image_encoder\.blocks\.(\d+)\.", k)] if m})
+
+
+def _rel_names(sd: dict) -> tuple:
+    if f"{_ENC}blocks.0.attn.rel_h" in sd:
+        return ("rel_h", "rel_w")
+    return ("rel_pos_h", "rel_pos_w")
+
+
+def detect_msa(state_dict) -> Optional[dict]:
+    """Tell whether a state dict is a Medical SAM Adapter checkpoint, and which generation.
+
+    Parameters
+    ----------
+    state_dict : dict
+        The checkpoint's tensors, or the whole MSA file dict
+        (``{"state_dict": ..., "model": "sam", ...}``).
+
+    Returns
+    -------
+    dict or None
+        None if it is not MSA; else ``{"family": "msa", "generation":
+        "A" | "B" | "C", "image_size": S, "backbone": "vit_b" | ...,
+        "num_classes": 1, "embed_dim", "depth", "global_blocks",
+        "mask_tokens", "decoder": "sam" | "efficientsam",
+        "image_size_from": "rel_pos" | "default"}``.
+
+    Examples
+    --------
+    >>> info = detect_msa(torch.load("msa_isic.pth", weights_only=True)["state_dict"])   # doctest: +SKIP
+    >>> info["generation"], info["image_size"]                                           # doctest: +SKIP
+    ('C', 256)
+    """
+    sd = _plain(state_dict)
+    if not any(k.startswith(_ENC) and ".Space_Adapter.D_fc1.weight" in k for k in sd):
+        return None
+    patch = sd.get(f"{_ENC}patch_embed.proj.weight")
+    if patch is None or patch.ndim != 4:
+        return None
+    width = int(patch.shape[0])
+    blocks = _block_ids(sd)
+    rel_h, _ = _rel_names(sd)
+    efficient = f"{_DEC}layers.0.mlp.layers.0.0.weight" in sd or f"{_DEC}layers.0.mlp.fc.weight" in sd
+    if rel_h == "rel_h":
+        generation = "C"
+    elif efficient:
+        generation = "B"
+    else:
+        generation = "A"
+    window_rows = 2 * WINDOW_SIZE - 1
+    rows = {i: int(sd[f"{_ENC}blocks.{i}.attn.{rel_h}"].shape[0]) for i in blocks
+            if f"{_ENC}blocks.{i}.attn.{rel_h}" in sd}
+    global_blocks = [i for i, r in rows.items() if r != window_rows]
+    if generation == "A":
+        size, source = DEFAULT_IMAGE_SIZE, "generation A"  # built for 1024 px only
+    elif global_blocks:
+        size, source = (rows[global_blocks[0]] + 1) // 2 * PATCH_SIZE, "rel_pos"
+    else:
+        # every table is a 14-token window's: a 224-px model (global == window attention there)
+        size, source = WINDOW_SIZE * PATCH_SIZE, "rel_pos"
+    tokens = sd.get("mask_decoder.mask_tokens.weight")
+    return {
+        "family": "msa",
+        "generation": generation,
+        "image_size": int(size),
+        "image_size_from": source,
+        "backbone": _BACKBONES.get(width, f"vit_{width}"),
+        "num_classes": 1,
+        "embed_dim": width,
+        "depth": len(blocks),
+        "global_blocks": global_blocks,
+        "mask_tokens": int(tokens.shape[0]) if tokens is not None else None,
+        "decoder": "efficientsam" if efficient else "sam",
+    }
+
+
+# --------------------------------------------------------------------------
+# network (built lazily so that importing this module does not import torch)
+# --------------------------------------------------------------------------
+def _modules():
+    """Define the torch modules on first use and cache them."""
+    global _MOD
+    try:
+        return _MOD
+    except NameError:
+        pass
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.modeling.common import LayerNorm2d
+    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos, window_partition, window_unpartition
+    from torch import nn
+
+    class Adapter(nn.Module):
+        """Bottleneck dim -> hidden -> dim with GELU; optionally adds its input back."""
+
+        def __init__(self, dim: int, hidden: int, skip: bool):
+            super().__init__()
+            self.skip = skip
+            self.D_fc1 = nn.Linear(dim, hidden)
+            self.act = nn.GELU()
+            self.D_fc2 = nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            y = self.D_fc2(self.act(self.D_fc1(x)))
+            return x + y if self.skip else y
+
+    class Mlp(nn.Module):
+        def __init__(self, dim: int, hidden: int):
+            super().__init__()
+            self.lin1 = nn.Linear(dim, hidden)
+            self.act = nn.GELU()
+            self.lin2 = nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            return self.lin2(self.act(self.lin1(x)))
+
+    class Attention(nn.Module):
+        """Multi-head self-attention with decomposed relative positions (SAM's maths)."""
+
+        def __init__(self, dim: int, heads: int, rel_rows: int, rel_names: tuple):
+            super().__init__()
+            self.num_heads = heads
+            head_dim = dim // heads
+            self.scale = head_dim ** -0.5
+            self.qkv = nn.Linear(dim, dim * 3, bias=True)
+            self.proj = nn.Linear(dim, dim)
+            self.rel_names = rel_names
+            for name in rel_names:
+                self.register_parameter(name, nn.Parameter(torch.zeros(rel_rows, head_dim)))
+
+        def forward(self, x):
+            B, H, W, _ = x.shape
+            qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            # tables of another length are linearly resampled inside (as upstream)
+            attn = add_decomposed_rel_pos(attn, q, getattr(self, self.rel_names[0]),
+                                          getattr(self, self.rel_names[1]), (H, W), (H, W))
+            attn = attn.softmax(dim=-1)
+            x = (attn @ v).view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+            return self.proj(x)
+
+    class AdapterBlock(nn.Module):
+        def __init__(self, dim, heads, mlp_dim, adapter_dim, window, rel_rows, rel_names):
+            super().__init__()
+            self.window_size = window
+            self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+            self.attn = Attention(dim, heads, rel_rows, rel_names)
+            self.MLP_Adapter = Adapter(dim, adapter_dim, skip=False)
+            self.Space_Adapter = Adapter(dim, adapter_dim, skip=True)
+            self.Depth_Adapter = Adapter(dim, adapter_dim, skip=False)  # 3D only: loaded, not run
+            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp = Mlp(dim, mlp_dim)
+
+        def forward(self, x):
+            shortcut = x
+            if self.window_size > 0:
+                H, W = x.shape[1], x.shape[2]
+                # MSA partitions (zero-pads) before norm1: padded tokens become norm1's bias
+                x, pad_hw = window_partition(x, self.window_size)
+            x = self.Space_Adapter(self.attn(self.norm1(x)))
+            if self.window_size > 0:
+                x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+            x = shortcut + x
+            xn = self.norm2(x)
+            return x + self.mlp(xn) + ADAPTER_SCALE * self.MLP_Adapter(xn)
+
+    class PatchEmbed(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.proj = nn.Conv2d(3, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+
+        def forward(self, x):
+            return self.proj(x).permute(0, 2, 3, 1)
+
+    class ImageEncoder(nn.Module):
+        def __init__(self, cfg: dict):
+            super().__init__()
+            dim = cfg["embed_dim"]
+            self.img_size = cfg["image_size"]
+            self.patch_embed = PatchEmbed(dim)
+            g = cfg["pos_grid"]
+            self.pos_embed = nn.Parameter(torch.zeros(1, g, g, dim))
+            self.blocks = nn.ModuleList(
+                AdapterBlock(dim, cfg["heads"], cfg["mlp_dim"], cfg["adapter_dim"],
+                             0 if i in cfg["global_blocks"] else WINDOW_SIZE, cfg["rel_rows"][i], cfg["rel_names"])
+                for i in range(cfg["depth"])
+            )
+            out = cfg["out_chans"]
+            self.neck = nn.Sequential(
+                nn.Conv2d(dim, out, kernel_size=1, bias=False), LayerNorm2d(out),
+                nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False), LayerNorm2d(out),
+            )
+
+        def forward(self, x):
+            x = self.patch_embed(x)
+            if self.pos_embed.shape[1:3] == x.shape[1:3]:
+                x = x + self.pos_embed  # generation A: stored at the grid size
+            else:
+                pos = F.interpolate(self.pos_embed.permute(0, 3, 1, 2), size=(x.shape[1], x.shape[2]),
+                                    mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
+                x = x + pos
+            for blk in self.blocks:
+                x = blk(x)
+            return self.neck(x.permute(0, 3, 1, 2))
+
+    # ---- EfficientSAM-style two-way transformer (generations B and C) ----
+    class TokenAttention(nn.Module):
+        def __init__(self, dim: int, heads: int, downsample: int = 1):
+            super().__init__()
+            self.internal_dim = dim // downsample
+            self.num_heads = heads
+            self.inv_sqrt = 1.0 / math.sqrt(self.internal_dim / heads)
+            self.q_proj = nn.Linear(dim, self.internal_dim)
+            self.k_proj = nn.Linear(dim, self.internal_dim)
+            self.v_proj = nn.Linear(dim, self.internal_dim)
+            self.out_proj = nn.Linear(self.internal_dim, dim)
+
+        def _heads(self, x):
+            b, n, c = x.shape
+            return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+        def forward(self, q, k, v):
+            q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+            attn = (q @ k.permute(0, 1, 3, 2)) * self.inv_sqrt
+            out = torch.softmax(attn, dim=-1) @ v
+            b, h, n, c = out.shape
+            return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    class ReluMlp(nn.Module):
+        """One hidden layer with ReLU; keys ``layers.0.0`` and ``fc``."""
+
+        def __init__(self, dim: int, hidden: int):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())])
+            self.fc = nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.fc(x)
+
+    class TwoWayBlock(nn.Module):
+        def __init__(self, dim, heads, mlp_dim, first: bool):
+            super().__init__()
+            self.first = first
+            self.self_attn = TokenAttention(dim, heads)
+            self.norm1 = nn.LayerNorm(dim)
+            self.cross_attn_token_to_image = TokenAttention(dim, heads, 2)
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = ReluMlp(dim, mlp_dim)
+            self.norm3 = nn.LayerNorm(dim)
+            self.norm4 = nn.LayerNorm(dim)
+            self.cross_attn_image_to_token = TokenAttention(dim, heads, 2)
+
+        def forward(self, queries, keys, query_pe, key_pe):
+            if not self.first:
+                queries = queries + query_pe  # the PE stays in the residual stream
+            queries = self.norm1(queries + self.self_attn(queries, queries, queries))
+            queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys))
+            queries = self.norm3(queries + self.mlp(queries))
+            q, k = queries + query_pe, keys + key_pe
+            keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+            return queries, keys
+
+    class EfficientTwoWayTransformer(nn.Module):
+        def __init__(self, depth: int, dim: int, heads: int, mlp_dim: int):
+            super().__init__()
+            self.layers = nn.ModuleList(TwoWayBlock(dim, heads, mlp_dim, i == 0) for i in range(depth))
+            self.final_attn_token_to_image = TokenAttention(dim, heads, 2)
+            self.norm_final_attn = nn.LayerNorm(dim)
+
+        def forward(self, image_embedding, image_pe, point_embedding):
+            keys = image_embedding.flatten(2).permute(0, 2, 1)
+            key_pe = image_pe.flatten(2).permute(0, 2, 1)
+            queries = point_embedding
+            for layer in self.layers:
+                queries, keys = layer(queries, keys, point_embedding, key_pe)
+            attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+            return self.norm_final_attn(queries + attn), keys
+
+    class MsaNet(nn.Module):
+        def __init__(self, image_encoder, prompt_encoder, mask_decoder):
+            super().__init__()
+            self.image_encoder = image_encoder
+            self.prompt_encoder = prompt_encoder
+            self.mask_decoder = mask_decoder
+
+    _MOD = {"ImageEncoder": ImageEncoder, "EfficientTwoWayTransformer": EfficientTwoWayTransformer, "MsaNet": MsaNet}
+    return _MOD
+
+
+def _config(sd: dict, info: dict, image_size: int) -> dict:
+    dim, depth = info["embed_dim"], info["depth"]
+    rel_names = _rel_names(sd)
+    rel_rows, head_dim = {}, None
+    for i in range(depth):
+        key = f"{_ENC}blocks.{i}.attn.{rel_names[0]}"
+        if key not in sd:
+            raise SamlabError(f"the MSA checkpoint lacks {key}: the file is incomplete, download or re-save it")
+        rel_rows[i] = int(sd[key].shape[0])
+        head_dim = int(sd[key].shape[1])
+    if not head_dim or dim % head_dim:
+        raise SamlabError("the MSA checkpoint's relative-position tables do not fit its width: the file is not a SAM adapter model")
+    fc1 = sd[f"{_ENC}blocks.0.Space_Adapter.D_fc1.weight"]
+    if int(fc1.shape[1]) != dim:
+        raise SamlabError(f"the MSA adapters are {int(fc1.shape[1])} wide but the encoder is {dim} wide: "
+                          "checkpoints trained with -mid_dim are not supported")
+    pos = sd.get(f"{_ENC}pos_embed")
+    if pos is None or pos.ndim != 4:
+        raise SamlabError("the MSA checkpoint has no image_encoder.pos_embed: the file is incomplete")
+    global_blocks = list(info["global_blocks"])
+    if not global_blocks and image_size // PATCH_SIZE > WINDOW_SIZE:
+        raise SamlabError("the MSA checkpoint has no global-attention blocks: its image size cannot be told, give it explicitly")
+    return {
+        "embed_dim": dim, "depth": depth, "heads": dim // head_dim, "image_size": image_size,
+        "pos_grid": int(pos.shape[1]), "rel_rows": rel_rows, "rel_names": rel_names,
+        "global_blocks": global_blocks,
+        "mlp_dim": int(sd[f"{_ENC}blocks.0.mlp.lin1.weight"].shape[0]),
+        "adapter_dim": int(fc1.shape[0]),
+        "out_chans": int(sd[f"{_ENC}neck.0.weight"].shape[0]),
+    }
+
+
+def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
+              fingerprint: Optional[str] = None) -> "MsaModel":
+    """Build an MSA network of any generation from its checkpoint.
+
+    Parameters
+    ----------
+    state_dict : dict
+        The tensors under the file's ``"state_dict"`` (the whole file dict is
+        accepted too).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    image_size : int, optional
+        Input side S the model was trained at; read from the relative-position
+        tables when omitted (needed only for files whose tables do not tell).
+    fingerprint : str, optional
+        Cache key of the weights; computed from the tensors when omitted.
+
+    Returns
+    -------
+    MsaModel
+
+    Raises
+    ------
+    SamlabError
+        Not an MSA checkpoint, or an incomplete / unsupported one.
+
+    Examples
+    --------
+    >>> sd = load_checkpoint_file("Melanoma_Photo_SAM_1024.pth")   # doctest: +SKIP
+    >>> model = build_msa(sd)                                      # doctest: +SKIP
+    >>> model.generation, model.image_size                         # doctest: +SKIP
+    ('A', 1024)
+    """
+    import torch
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    sd = _plain(state_dict)
+    info = detect_msa(sd)
+    if info is None:
+        raise SamlabError("the checkpoint is not a Medical SAM Adapter model (it has no image_encoder ...Space_Adapter weights): "
+                          "use --model to pick its family")
+    size = int(image_size or info["image_size"])
+    if size <= 0 or size % PATCH_SIZE:
+        raise SamlabError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model was trained at")
+    info = dict(info, image_size=size)
+    cfg = _config(sd, info, size)
+    need = ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_token.weight", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")
+    for key in need:
+        if key not in sd:
+            raise SamlabError(f"the MSA checkpoint lacks {key}: the file is incomplete, download or re-save it")
+    prompt_dim = int(sd["mask_decoder.iou_token.weight"].shape[1])
+    n_tokens = int(sd["mask_decoder.mask_tokens.weight"].shape[0])
+    dec_depth = len({int(m.group(1)) for k in sd for m in [re.match(r"^mask_decoder\.transformer\.layers\.(\d+)\.", k)] if m})
+    efficient = info["decoder"] == "efficientsam"
+    mlp_key = f"{_DEC}layers.0.mlp.layers.0.0.weight" if efficient else f"{_DEC}layers.0.mlp.lin1.weight"
+    if mlp_key not in sd:
+        raise SamlabError(f"the MSA checkpoint lacks {mlp_key}: the file is incomplete, download or re-save it")
+    dec_mlp = int(sd[mlp_key].shape[0])
+    mask_chans = sd.get("prompt_encoder.mask_downscaling.3.weight")
+    grid = size // PATCH_SIZE
+    mods = _modules()
+    with torch.device("meta"):  # no random init of ~100 M parameters
+        if efficient:
+            transformer = mods["EfficientTwoWayTransformer"](dec_depth, prompt_dim, 8, dec_mlp)
+        else:
+            transformer = TwoWayTransformer(depth=dec_depth, embedding_dim=prompt_dim, mlp_dim=dec_mlp, num_heads=8)
+        net = mods["MsaNet"](
+            mods["ImageEncoder"](cfg),
+            PromptEncoder(embed_dim=prompt_dim, image_embedding_size=(grid, grid), input_image_size=(size, size),
+                          mask_in_chans=int(mask_chans.shape[0]) if mask_chans is not None else 16),
+            MaskDecoder(num_multimask_outputs=n_tokens - 1, transformer=transformer, transformer_dim=prompt_dim,
+                        iou_head_depth=3, iou_head_hidden_dim=256),
+        )
+    want = net.state_dict()
+    missing = [k for k in want if k not in sd]
+    if missing:
+        raise SamlabError(f"the MSA checkpoint lacks {missing[0]} ({len(missing)} tensors missing): the file is incomplete or of an unknown MSA variant")
+    for k, v in want.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise SamlabError(f"MSA tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}: unknown MSA variant")
+    net.load_state_dict({k: sd[k].detach().to(torch.float32).contiguous() for k in want}, strict=True, assign=True)
+    if fingerprint is None:
+        fingerprint = _fingerprint(sd)
+    return MsaModel(net, info, fingerprint, device)
+
+
+def _fingerprint(sd: dict) -> str:
+    import hashlib
+
+    try:
+        from .checkpoint import weights_fingerprint
+
+        return weights_fingerprint(sd)
+    except ImportError:  # pragma: no cover
+        h = hashlib.sha1(b"msa|")
+        for k in sorted(sd):
+            h.update(f"{k}{tuple(sd[k].shape)}{float(sd[k].double().sum())!r}".encode())
+        return h.hexdigest()
+
+
+def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 as the upstream loaders' ``Image.open(...).convert("RGB")`` gives.
+
+    8-bit input is used as is; [0, 1] floats are scaled by 255; other ranges
+    are min-max scaled to 0-255.  Grey is repeated to 3 channels, alpha dropped.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 4:
+        img = img[..., :3]
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] != 3):
+        raise SamlabError(f"MSA segments 2D grey or RGB slices, got an array of shape {img.shape}: give one (y, x) or (y, x, 3) slice")
+    if img.dtype != np.uint8:
+        x = img.astype(np.float64)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+        if lo >= 0.0 and hi <= 1.0:
+            x = x * 255.0
+        elif hi > lo:
+            x = (x - lo) / (hi - lo) * 255.0
+        else:
+            x = np.zeros_like(x)
+        img = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    return np.ascontiguousarray(img)
+
+
+class MsaModel(SegmentationModel):
+    """A Medical SAM Adapter network behind the :class:`SegmentationModel` interface.
+
+    Takes clicks (trained with one positive click); boxes are not used by
+    upstream's validation, so they are refused.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        With ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``.
+    info : dict
+        :func:`detect_msa`'s result (with the image size used).
+    fingerprint : str
+        Cache key of the weights.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Examples
+    --------
+    >>> model = build_msa(sd)                                            # doctest: +SKIP
+    >>> pred = model.decode(model.encode(rgb), Prompt(points=[(120, 80)], point_labels=[1]))   # doctest: +SKIP
+    >>> pred.mask.shape == rgb.shape[:2]                                 # doctest: +SKIP
+    True
+    """
+
+    family = "msa"
+    needs_prompt = True
+    supports_points = True
+    supports_boxes = False
+    supports_mask_input = False
+    num_classes = 1
+
+    def __init__(self, net, info: dict, fingerprint: str, device: str = "cpu"):
+        self.info = dict(info)
+        self.generation = info["generation"]
+        self.backbone = info["backbone"]
+        self.image_size = int(info["image_size"])
+        self.device = str(device)
+        self._fingerprint = fingerprint
+        self.net = net.to(self.device).eval()
+
+    def fingerprint(self) -> str:
+        return f"msa:{self.generation}:{self.image_size}:{self._fingerprint}"
+
+    def preprocess(self, image: np.ndarray):
+        """(1, 3, S, S) float tensor: PIL bilinear resize to S x S, then [0, 1].
+
+        Parameters
+        ----------
+        image : ndarray
+            (H, W) or (H, W, 3) slice.
+
+        Returns
+        -------
+        torch.Tensor
+
+        Examples
+        --------
+        >>> model.preprocess(np.zeros((300, 200, 3), np.uint8)).shape   # doctest: +SKIP
+        torch.Size([1, 3, 256, 256])
+        """
+        from PIL import Image
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        pil = Image.fromarray(_to_uint8_rgb(image))  # (H, W, 3) uint8 -> "RGB"
+        # transforms.Resize((S, S)) + ToTensor() on the PIL image, as the 2D loaders do
+        pil = TF.resize(pil, [self.image_size, self.image_size], interpolation=InterpolationMode.BILINEAR)
+        return TF.to_tensor(pil)[None]
+
+    def encode(self, image: np.ndarray) -> dict:
+        """Resize to S x S, run the adapter ViT.
+
+        Parameters
+        ----------
+        image : ndarray
+            (H, W) grey or (H, W, 3) RGB slice, 8-bit as the windowing gives it.
+
+        Returns
+        -------
+        dict
+            ``"image_embedding"`` (1, 256, S/16, S/16) float32 and
+            ``"original_size"`` ``[H, W]``.
+
+        Examples
+        --------
+        >>> model.encode(rgb)["image_embedding"].shape   # doctest: +SKIP
+        (1, 256, 16, 16)
+        """
+        import torch
+
+        arr = np.asarray(image)
+        h, w = arr.shape[:2]
+        x = self.preprocess(arr).to(self.device)
+        with torch.no_grad():
+            emb = self.net.image_encoder(x)
+        return {"image_embedding": emb.float().cpu().numpy(), "original_size": np.array([h, w], dtype=np.int64)}
+
+    def point_coords(self, points: Sequence, shape: tuple) -> np.ndarray:
+        """Our (x=col, y=row) clicks as MSA's (row, col) in the S x S frame.
+
+        Pixel centres are mapped onto pixel centres:
+        ``row_S = (y + 0.5) * S / H - 0.5`` (and the same for columns).
+
+        Parameters
+        ----------
+        points : sequence of (x, y)
+        shape : (H, W)
+
+        Returns
+        -------
+        ndarray
+            (N, 2) float32 ``[row_S, col_S]``.
+
+        Examples
+        --------
+        >>> model.point_coords([(10, 20)], (256, 256))   # doctest: +SKIP
+        array([[20., 10.]], dtype=float32)
+        """
+        h, w = shape
+        s = self.image_size
+        out = []
+        for p in points:
+            x, y = float(p[0]), float(p[1])
+            if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+                raise SamlabError(f"point ({x:g}, {y:g}) is outside the {w}x{h} slice: click inside the image")
+            out.append(((y + 0.5) * s / h - 0.5, (x + 0.5) * s / w - 0.5))
+        return np.asarray(out, dtype=np.float32).reshape(-1, 2)
+
+    def decode(self, embedding: dict, prompt: Prompt) -> Prediction:
+        """Mask of the clicked object.
+
+        Parameters
+        ----------
+        embedding : dict
+            From :meth:`encode`.
+        prompt : Prompt
+            ``points`` (x, y) with ``point_labels`` (1 object, 0 background;
+            all 1 when omitted).  MSA was trained with one positive click.
+
+        Returns
+        -------
+        Prediction
+            ``mask`` bool (H, W) = bilinearly upsampled token-0 logits > 0,
+            ``score`` the predicted IoU, ``low_res_logits`` (1, S/4, S/4).
+
+        Examples
+        --------
+        >>> pred = model.decode(emb, Prompt(points=[(40, 52)], point_labels=[1]))   # doctest: +SKIP
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if prompt is None or not prompt.points:
+            raise SamlabError("MSA needs a click inside the object: give a point (--point X Y)")
+        if prompt.box is not None:
+            raise SamlabError("MSA does not take boxes: click inside the object instead (--point X Y)")
+        h, w = (int(v) for v in np.asarray(embedding["original_size"]).ravel()[:2])
+        coords = self.point_coords(prompt.points, (h, w))
+        labels = list(prompt.point_labels) if prompt.point_labels is not None else [1] * len(coords)
+        if len(labels) != len(coords):
+            raise SamlabError(f"{len(coords)} points but {len(labels)} point labels: give one label (1 or 0) per point")
+        emb = torch.from_numpy(np.asarray(embedding["image_embedding"], dtype=np.float32)).to(self.device)
+        pts = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+        lab = torch.as_tensor(np.asarray(labels, dtype=np.int64), dtype=torch.int, device=self.device)[None]
+        with torch.no_grad():
+            pe = self.net.prompt_encoder
+            sparse, dense = pe(points=(pts, lab), boxes=None, masks=None)
+            low, iou = self.net.mask_decoder.predict_masks(
+                image_embeddings=emb, image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            )
+            low, iou = low[:, 0:1], iou[:, 0:1]  # output tokens [0:n], n = 1
+            up = F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
+        mask = (up[0, 0] > 0).cpu().numpy()
+        return Prediction(mask=mask, score=float(iou[0, 0]), low_res_logits=low[0].cpu().numpy(),
+                          extra={"generation": self.generation})
