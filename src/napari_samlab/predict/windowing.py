@@ -46,7 +46,7 @@ class Window:
 
     def key(self) -> str:
         """Stable text for cache keys."""
-        return f"{self.lo!r}:{self.hi!r}:{self.out}:{int(self.keep_zero)}"
+        return f"{float(self.lo)!r}:{float(self.hi)!r}:{self.out}:{int(self.keep_zero)}"
 
 
 def apply_window(image: np.ndarray, window: Optional[Window]) -> np.ndarray:
