@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# Importing triton after napari has made a Mesa OpenGL context segfaults
+# (both bundle LLVM).  torchvision/torch._dynamo import it lazily; nothing
+# here uses torch.compile, so make it look absent for the whole session.
+if not os.environ.get("SAMLAB_ALLOW_TRITON"):
+    sys.modules.setdefault("triton", None)
 
 import numpy as np
 import pytest

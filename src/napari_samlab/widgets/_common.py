@@ -1,0 +1,82 @@
+"""Small helpers shared by the panels: notifications and waiting on workers."""
+from __future__ import annotations
+
+import time
+from typing import Callable, List
+
+from ..errors import SamlabError
+
+
+def explain(exc: BaseException, doing: str) -> str:
+    """One line saying what went wrong while ``doing`` and what to do.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The error a worker or a call raised.
+    doing : str
+        What was being done, e.g. ``"encoding axial slice 30"``.
+    """
+    if isinstance(exc, SamlabError):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        where = "GPU" if "cuda" in text.lower() else "memory"
+        return (f"out of {where} while {doing}: choose device cpu in the Model panel, a smaller model "
+                "(litemedsam or classic), or close other images")
+    if isinstance(exc, FileNotFoundError):
+        return f"{doing}: file not found ({text}): check the path"
+    if isinstance(exc, RuntimeError):
+        return f"{doing} failed: {text[:300]}; check that the checkpoint matches the model family"
+    return f"{doing} failed ({type(exc).__name__}: {text[:300]})"
+
+
+class Notifier:
+    """Shows messages as napari notifications and keeps them for scripts/tests."""
+
+    def __init__(self):
+        self.messages: List[tuple] = []
+
+    def _show(self, level: str, text: str) -> None:
+        self.messages.append((level, text))
+        try:
+            from napari.utils import notifications as n
+
+            {"error": n.show_error, "warning": n.show_warning, "info": n.show_info}[level](text)
+        except Exception:  # noqa: BLE001 - a notification must never take the GUI down
+            pass
+
+    def error(self, text: str) -> None:
+        self._show("error", text)
+
+    def warning(self, text: str) -> None:
+        self._show("warning", text)
+
+    def info(self, text: str) -> None:
+        self._show("info", text)
+
+    def exception(self, exc: BaseException, doing: str) -> str:
+        text = explain(exc, doing)
+        self.error(text)
+        return text
+
+    @property
+    def last(self) -> str:
+        return self.messages[-1][1] if self.messages else ""
+
+
+def wait_until(done: Callable[[], bool], timeout: float) -> bool:
+    """Run the Qt event loop until ``done()`` or ``timeout`` seconds.
+
+    Lets blocking script calls (``segment(wait=True)``) wait for workers
+    whose results arrive through Qt signals, from napari's console too.
+    """
+    from qtpy.QtCore import QCoreApplication, QEventLoop
+
+    end = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > end:
+            return False
+        QCoreApplication.processEvents(QEventLoop.AllEvents, 20)
+        time.sleep(0.002)
+    return True

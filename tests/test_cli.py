@@ -1,0 +1,110 @@
+"""`samlab segment` / `samlab info` per SPEC.md, run as a real subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import dice
+
+CT_BOX = ["319", "337", "383", "393"]  # the lung tumour on slice 20
+
+
+def samlab(*args, cwd=None):
+    """Run the installed console script (falls back to the module)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "samlab")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "napari_samlab.cli"]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_clean_failure(res, out, pattern):
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert pattern.lower() in err.lower(), err
+    assert not os.path.exists(out)
+    assert not [f for f in os.listdir(os.path.dirname(out)) if ".part" in f]
+
+
+def test_segment_ct_slice_with_classic_default(tmp_path, samples):
+    out = tmp_path / "tumour.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX)
+    assert res.returncode == 0, res.stderr
+    back = sitk.ReadImage(str(out))
+    src = sitk.ReadImage(str(samples / "ct_chest_lung2.nrrd"))
+    assert back.GetSize() == src.GetSize()
+    np.testing.assert_allclose(back.GetSpacing(), src.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(back.GetOrigin(), src.GetOrigin(), atol=1e-4)
+    labels = sitk.GetArrayFromImage(back)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "ct_chest_lung2_tumour.nrrd")))
+    assert labels[:20].sum() == 0 and labels[21:].sum() == 0  # only the prompted slice
+    assert dice(labels[20] > 0, truth[20] > 0) > 0.85
+
+
+def test_segment_2d_points_and_label_value(tmp_path, samples):
+    out = tmp_path / "nucleus.png"
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "nuclei_labels.tif")))
+    ys, xs = np.nonzero(truth == 10)
+    cy, cx = int(np.median(ys)), int(np.median(xs))
+    res = samlab("segment", samples / "nuclei.tif", "-o", out, "--point", cx, cy, "--label", 7)
+    assert res.returncode == 0, res.stderr
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert set(np.unique(labels)) == {0, 7}
+    assert dice(labels == 7, truth == 10) > 0.5  # one click finds this nucleus
+
+
+def test_window_options(tmp_path, samples):
+    for extra in (["--window", "ct-lung"], ["--window-level", "-600", "1500"], ["--window", "none"]):
+        out = tmp_path / f"w{len(os.listdir(tmp_path))}.nrrd"
+        res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX, *extra)
+        assert res.returncode == 0, res.stderr
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[20].sum() > 0
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["--slice", "20", "--box", "319", "337", "600", "393"], "outside the image"),
+        (["--slice", "20", "--box", "383", "337", "319", "393"], "empty"),
+        (["--slice", "99", "--box", *CT_BOX], "outside the volume"),
+        (["--box", *CT_BOX], "--slice"),
+        (["--slice", "20"], "no prompt"),
+        (["--slice", "20", "--point", "-3", "10"], "outside the image"),
+        (["--slice", "20", "--box", *CT_BOX, "--model", "medsam"], "--checkpoint"),
+        (["--slice", "20", "--box", *CT_BOX, "--window", "ct-liver"], "invalid choice"),
+        (["--slice", "20", "--box", *CT_BOX, "--checkpoint", "/nonexistent/medsam.pth"], "does not exist"),
+    ],
+)
+def test_bad_prompts_give_one_line_and_no_output(tmp_path, samples, args, pattern):
+    out = tmp_path / "out.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, *args)
+    assert_clean_failure(res, str(out), pattern)
+
+
+def test_bad_images_and_outputs(tmp_path, samples):
+    out = tmp_path / "out.nii.gz"
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"\x1f\x8b not really gzip")
+    assert_clean_failure(samlab("segment", junk, "-o", out, "--box", 1, 1, 5, 5), str(out), "cannot read")
+    assert_clean_failure(samlab("segment", tmp_path / "nope.nrrd", "-o", out, "--box", 1, 1, 5, 5), str(out), "does not exist")
+    dcm_out = tmp_path / "seg.dcm"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", dcm_out, "--slice", 20, "--box", *CT_BOX)
+    assert_clean_failure(res, str(dcm_out), "DICOM series")
+    bad_ext = tmp_path / "out.jpg"
+    assert_clean_failure(samlab("segment", samples / "nuclei.tif", "-o", bad_ext, "--point", 5, 5), str(bad_ext), "cannot write labels")
+
+
+def test_not_a_checkpoint(tmp_path, samples):
+    fake = tmp_path / "weights.pth"
+    fake.write_bytes(os.urandom(4096))
+    out = tmp_path / "o.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX,
+                 "--checkpoint", fake, "--model", "medsam")
+    assert_clean_failure(res, str(out), "checkpoint")
+    res = samlab("info", fake)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
