@@ -1,0 +1,151 @@
+"""Quality of the classic engine on real images with ground truth.
+
+Prints, per dataset, the mean Dice of the classic engine, the Dice of the
+prompt alone (the filled box), the number of objects and the mean decode
+time.  Not a timed test; run it after changing ``models/classic.py``::
+
+    .venv/bin/python benchmarks/bench_classic_quality.py [--data DIR] [--only brain,lung,nuclei] [--verbose]
+
+Targets (issue 3): brain >= 0.90, lung tumour >= 0.90, nuclei >= 0.85.
+The window is ``"auto"`` resolved on the whole volume, as the predictor does.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_samlab.models.base import Prompt
+from napari_samlab.models.classic import ClassicModel
+from napari_samlab.predict.windowing import apply_window, resolve_window
+
+DEFAULT_DATA = Path("/work/shared/data")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+def bbox(mask: np.ndarray) -> tuple:
+    """``(x0, y0, x1, y1)`` inclusive bounding box of a 2D mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def box_mask(shape, box) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    x0, y0, x1, y1 = box
+    m[y0:y1 + 1, x0:x1 + 1] = True
+    return m
+
+
+def click_point(mask: np.ndarray) -> tuple:
+    """Centroid pixel, or the object pixel nearest to it when outside."""
+    ys, xs = np.nonzero(mask)
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    if mask[cy, cx]:
+        return cx, cy
+    i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+    return int(xs[i]), int(ys[i])
+
+
+def run_boxes(model, volume, truth, slices=None, verbose=False, name=""):
+    """Box prompts from the truth on every slice that holds the object."""
+    win = resolve_window("auto", volume, model)
+    zs = [z for z in range(truth.shape[0]) if truth[z].any()] if slices is None else list(slices)
+    d_model, d_box, times = [], [], []
+    for z in zs:
+        emb = model.encode(apply_window(volume[z], win))
+        box = bbox(truth[z])
+        t = time.perf_counter()
+        pred = model.decode(emb, Prompt(box=box))
+        times.append(time.perf_counter() - t)
+        d_model.append(dice(pred.mask, truth[z]))
+        d_box.append(dice(box_mask(truth[z].shape, box), truth[z]))
+        if verbose:
+            print(f"  {name} z={z:3d} dice={d_model[-1]:.3f} box={d_box[-1]:.3f} score={pred.score:.2f}")
+    return np.array(d_model), np.array(d_box), np.array(times)
+
+
+def run_clicks(model, image, labels, ids=None, verbose=False):
+    """One positive click at each instance's centroid."""
+    win = resolve_window("auto", image, model)
+    emb = model.encode(apply_window(image, win))
+    ids = [i for i in np.unique(labels) if i] if ids is None else list(ids)
+    d_model, times = [], []
+    for i in ids:
+        m = labels == i
+        pt = click_point(m)
+        t = time.perf_counter()
+        pred = model.decode(emb, Prompt(points=[pt], point_labels=[1]))
+        times.append(time.perf_counter() - t)
+        d_model.append(dice(pred.mask, m))
+        if verbose:
+            print(f"  nucleus {i:3d} area={m.sum():4d} dice={d_model[-1]:.3f} pred={pred.mask.sum()}")
+    return np.array(d_model), np.array(times)
+
+
+def load_brain(data: Path):
+    import SimpleITK as sitk
+
+    d = data / "mri_brain_colin27"
+    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "colin27_t1.nii.gz")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "colin27_t1_brain.nii.gz"))) > 0
+    return vol, truth
+
+
+def load_lung(data: Path):
+    import SimpleITK as sitk
+
+    d = data / "ct_chest_lung2"
+    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung2_image.nrrd")))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung2_label.nrrd"))) == 1
+    return vol, truth
+
+
+def load_nuclei(data: Path):
+    import tifffile
+
+    d = data / "microscopy_nuclei"
+    return tifffile.imread(str(d / "nuclei_img2d.tif")), tifffile.imread(str(d / "nuclei_mask2d.tif"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--only", default="brain,lung,nuclei")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    model = ClassicModel()
+    only = set(args.only.split(","))
+    rows = []
+    if "brain" in only:
+        vol, truth = load_brain(args.data)
+        dm, db, t = run_boxes(model, vol, truth, verbose=args.verbose, name="brain")
+        rows.append(("brain (Colin27 T1, box/slice)", dm, db, t, 0.90))
+    if "lung" in only:
+        vol, truth = load_lung(args.data)
+        dm, db, t = run_boxes(model, vol, truth, verbose=args.verbose, name="lung")
+        rows.append(("lung2 tumour (CT, box/slice)", dm, db, t, 0.90))
+    if "nuclei" in only:
+        img, lab = load_nuclei(args.data)
+        dm, t = run_clicks(model, img, lab, verbose=args.verbose)
+        rows.append(("nuclei (1 click/nucleus)", dm, None, t, 0.85))
+    print(f"classic engine {model.fingerprint()}")
+    print(f"{'dataset':32s} {'n':>4s} {'dice':>6s} {'min':>6s} {'box':>6s} {'target':>6s} {'decode ms':>9s}")
+    ok = True
+    for name, dm, db, t, target in rows:
+        box = f"{db.mean():6.3f}" if db is not None else "     -"
+        print(f"{name:32s} {len(dm):4d} {dm.mean():6.3f} {dm.min():6.3f} {box} {target:6.2f} {1000 * t.mean():9.1f}")
+        ok &= dm.mean() >= target
+    print("all targets met" if ok else "SOME TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

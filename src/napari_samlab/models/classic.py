@@ -1,0 +1,751 @@
+"""The "classic" engine: prompt-driven 2D segmentation with no weights.
+
+Everything here is plain scikit-image / SciPy image analysis, tuned on the
+real CT, MRI and microscopy data in ``shared/data`` (see
+``benchmarks/bench_classic_quality.py``).  The recipe, per prompt:
+
+1. **Region of interest.**  A box gives its own ROI plus a margin ring (the
+   ring is the background sample, as in GrabCut).  Points without a box grow
+   a window around each click until the clicked object fits inside it.
+   A previous mask (``mask_input``) gives a box and samples of its own.
+2. **One feature.**  Grey images use their windowed intensity.  RGB images
+   project CIE-Lab colour onto the direction that best separates the object
+   sample from the background sample (Fisher's linear discriminant), so
+   the rest of the recipe is the same for H&E as for CT.
+3. **Threshold.**  Box: the intensity that best separates the box's central
+   ellipse from the ring (maximum Youden index, polarity chosen by the
+   data), re-estimated once from the first mask (GrabCut-style).  Click:
+   half-way between the clicked intensity and the local background.
+4. **Shape.**  Keep the component(s) holding the object (opening first cuts
+   thin bridges: scalp, vessels), close small gaps, fill holes, restrict to
+   the box; move the edge to a fixed level between the object and the
+   background just beyond it (partial-volume rims), cut off parts far
+   beyond the object's own intensity (bone beside a tumour).  After a
+   click, rays from it stop where they climb into a touching neighbour and
+   a watershed splits what is left of a clump.  Negative clicks split the
+   mask by a seeded watershed on the gradient and remove their share.
+
+Quality on the real data in ``shared/data`` (benchmarks/bench_classic_quality.py):
+Colin27 brain, box per axial slice, mean Dice 0.93; lung2 tumour, box per
+slice, 0.91; nuclei, one click at each centre, 0.87.
+
+``Prediction.low_res_logits`` is a float32 (H, W) signed distance map in
+pixels (positive inside, clipped to +-32).  Given back as
+``Prompt.mask_input`` (any float/bool map where ``> 0`` is the object, at the
+slice's resolution) it acts as a prompt of its own: it supplies the box (if
+none was given) and the object/background samples, which is how a mask is
+carried from one slice to the next.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..errors import SamlabError
+from .base import Prediction, Prompt, SegmentationModel
+
+__all__ = ["ClassicModel"]
+
+# Bumped whenever an algorithmic change alters results (part of cache keys).
+ALGORITHM_VERSION = "1"
+SDF_CLIP = 32.0
+TINY = 4  # boxes narrower than this are returned filled
+
+
+def _disk(r: int) -> np.ndarray:
+    r = int(max(r, 0))
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r + r  # slightly fuller disk than r**2
+
+
+class ClassicModel(SegmentationModel):
+    """Weight-free promptable segmentation (scikit-image / SciPy).
+
+    Parameters
+    ----------
+    smoothing : float
+        Gaussian sigma (pixels) of the intensity feature; suppresses noise
+        before thresholding.
+    margin : float
+        Width of the background ring around a box, as a fraction of the box
+        side (at least 3 pixels).
+    iterations : int
+        Threshold re-estimations from the current mask (GrabCut-style).
+    core : float
+        Semi-axes of the central ellipse of the box used as the object
+        sample, as a fraction of the box sides.
+    keep_fraction : float
+        Components at least this fraction of the main one's area are kept
+        (one box may hold several parts of one object).
+    close_fraction : float
+        Closing radius (fraction of the shorter box side, at most 8 px) that
+        fills sulci and gaps in the outline.
+    grow, edge_level : float
+        Edge refinement: the edge may move out by ``grow`` x box side (2-6
+        px) to the level ``edge_level`` of the way from the adjacent
+        background to the object (0.5 = half maximum).
+    refine_steps : int
+        How often the edge refinement runs.
+    shrink : int
+        The refinement may also move the edge in by this many pixels where
+        the first threshold overshot (loose boxes, blurred edges).
+    trim : float
+        Parts brighter (for a dark background) than the object by more than
+        ``trim`` x its contrast are cut off (bone beside a tumour).
+    click_level : float
+        Clicks without a box: the object is what is brighter (darker) than
+        this fraction of the way from the local background to the clicked
+        intensity.
+    click_background : float
+        Percentile of the click window taken as the background level.
+    split_h, split_sigma, split_dist : float
+        Splitting touching blobs after a click: h-maxima height, blur and
+        weight of the distance transform of the watershed landscape.
+    ray_rise : float
+        Rays from a click stop where the intensity rises again by this much
+        (relative to the clicked contrast) after falling: a touching neighbour.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.zeros((64, 64), np.uint8); img[20:40, 15:45] = 200
+    >>> model = ClassicModel()
+    >>> emb = model.encode(img)
+    >>> pred = model.decode(emb, Prompt(box=(10, 15, 50, 45)))
+    >>> bool(pred.mask[20:40, 15:45].all()), int(pred.mask[:18].sum() + pred.mask[42:].sum())
+    (True, 0)
+    """
+
+    family = "classic"
+    needs_prompt = True
+    supports_points = True
+    supports_boxes = True
+    supports_mask_input = True
+    num_classes = 1
+    image_size = 0
+    device = "cpu"
+
+    def __init__(self, smoothing: float = 1.0, margin: float = 0.1, iterations: int = 1,
+                 core: float = 0.45, keep_fraction: float = 0.15, close_fraction: float = 0.03,
+                 grow: float = 0.05, edge_level: float = 0.3, refine_steps: int = 1, shrink: int = 1, trim: float = 0.5,
+                 click_level: float = 0.5, click_background: float = 10.0, split_h: float = 0.05,
+                 split_sigma: float = 2.0, split_dist: float = 0.5, ray_rise: float = 0.25):
+        # every value tuned with benchmarks/bench_classic_quality.py
+        self.params = dict(
+            smoothing=float(smoothing), margin=float(margin), iterations=int(iterations),
+            core=float(core), keep_fraction=float(keep_fraction), close_fraction=float(close_fraction),
+            grow=float(grow), edge_level=float(edge_level), shrink=int(shrink), refine_steps=int(refine_steps), trim=float(trim),
+            click_level=float(click_level), click_background=float(click_background),
+            split_h=float(split_h), split_sigma=float(split_sigma), split_dist=float(split_dist),
+            ray_rise=float(ray_rise),
+        )
+        for k, v in self.params.items():
+            setattr(self, k, v)
+
+    # ------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Algorithm version and parameters, e.g. ``"classic-v1-1a2b3c4d"``.
+
+        Examples
+        --------
+        >>> ClassicModel().fingerprint() == ClassicModel().fingerprint()
+        True
+        >>> ClassicModel().fingerprint() == ClassicModel(smoothing=2).fingerprint()
+        False
+        """
+        text = f"classic:{ALGORITHM_VERSION}:" + ",".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        return f"classic-v{ALGORITHM_VERSION}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+    def auto_window(self, image: np.ndarray, modality: Optional[str] = None):
+        """Windows that keep the contrast this engine relies on, as floats.
+
+        CT: -1000 to 400 HU (air to dense soft tissue); MR:
+        0.5-99.5 percentiles of the non-zero voxels; 8-bit photographs as they
+        are; other images (16-bit microscopy) the 0.5-99.9 percentiles.  All
+        map to float32 in [0, 1] so no contrast is lost to 8-bit rounding.
+
+        Examples
+        --------
+        >>> w = ClassicModel().auto_window(np.array([[-1024, 0], [40, 900]], np.int16))
+        >>> (w.lo, w.hi, w.out)
+        (-1000.0, 400.0, 'unit')
+        """
+        from ..predict.windowing import Window, ct_window, guess_modality, percentile_window
+
+        kind = guess_modality(image, modality)
+        if kind == "CT":
+            # from air to dense soft tissue: keeps the partial-volume rim of
+            # lesions in lung that a soft-tissue window would clip to black
+            return ct_window(image, -300.0, 1400.0, "unit", "ct-classic")
+        if kind == "MR":
+            return percentile_window(image, 0.5, 99.5, "unit", keep_zero=True)
+        if image.dtype == np.uint8:
+            return None
+        w = percentile_window(image, 0.5, 99.9, "unit", keep_zero=False)
+        return Window(w.lo, w.hi, "unit", False, "percentile")
+
+    # ------------------------------------------------------------------
+    def encode(self, image: np.ndarray) -> dict:
+        """Precompute the per-slice features.
+
+        Parameters
+        ----------
+        image : ndarray
+            (H, W) grey (any numeric dtype) or (H, W, 3|4) RGB(A), as the
+            windowing step produced it.
+
+        Returns
+        -------
+        dict
+            ``"feature"``: float32 (H, W, C) smoothed features scaled to
+            about [0, 1] (C = 1 grey, 3 for CIE-Lab); ``"gradient"``:
+            float32 (H, W) gradient magnitude of the first feature;
+            ``"original_size"``: ``[H, W]``.
+
+        Examples
+        --------
+        >>> emb = ClassicModel().encode(np.zeros((8, 9), np.uint8))
+        >>> emb["feature"].shape, emb["original_size"].tolist()
+        ((8, 9, 1), [8, 9])
+        """
+        img = np.asarray(image)
+        if img.ndim == 3 and img.shape[-1] in (3, 4):
+            from skimage.color import rgb2lab
+
+            rgb = img[..., :3].astype(np.float64)
+            if np.issubdtype(img.dtype, np.integer):
+                rgb /= float(np.iinfo(img.dtype).max)
+            else:
+                rgb = np.clip(rgb / max(float(rgb.max()), 1.0), 0, 1) if rgb.max() > 1 else np.clip(rgb, 0, 1)
+            lab = rgb2lab(rgb)
+            feat = np.stack([lab[..., 0] / 100.0, (lab[..., 1] + 128) / 255.0, (lab[..., 2] + 128) / 255.0], -1)
+        elif img.ndim == 2:
+            x = img.astype(np.float64)
+            if img.dtype == np.uint8:
+                x /= 255.0
+            elif not (np.issubdtype(img.dtype, np.floating) and x.size and x.min() >= 0 and x.max() <= 1):
+                # un-windowed input: robust rescale so parameters stay meaningful
+                lo, hi = np.percentile(x, [0.5, 99.5]) if x.size else (0.0, 1.0)
+                x = np.clip((x - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(x)
+            feat = x[..., None]
+        else:
+            raise SamlabError(f"the classic engine takes a 2D slice (H, W) or RGB (H, W, 3), not an array of shape {img.shape}")
+        if self.smoothing > 0:
+            feat = ndi.gaussian_filter(feat, (self.smoothing, self.smoothing, 0))
+        grad = ndi.gaussian_gradient_magnitude(feat[..., 0], max(self.smoothing, 0.5))
+        return {
+            "feature": feat.astype(np.float32),
+            "gradient": grad.astype(np.float32),
+            "original_size": np.array(img.shape[:2], np.int64),
+        }
+
+    # ------------------------------------------------------------------
+    def decode(self, embedding: dict, prompt: Prompt) -> Prediction:
+        """Segment the object that ``prompt`` names.
+
+        Parameters
+        ----------
+        embedding : dict
+            From :meth:`encode`.
+        prompt : Prompt
+            A box ``(x0, y0, x1, y1)`` (inclusive), points ``(x, y)`` with
+            labels 1 (object) / 0 (background), and/or a previous
+            ``mask_input`` (see the module docstring).
+
+        Returns
+        -------
+        Prediction
+            ``mask`` bool (H, W); ``score`` in [0, 1], the separability of
+            object and background intensities times the boundary contrast;
+            ``low_res_logits`` the signed distance map of the mask.
+
+        Examples
+        --------
+        >>> yy, xx = np.mgrid[:40, :40]
+        >>> img = np.where((yy - 15) ** 2 + (xx - 20) ** 2 <= 36, 200, 10).astype(np.uint8)
+        >>> m = ClassicModel(); e = m.encode(img)
+        >>> pred = m.decode(e, Prompt(points=[(20, 15)], point_labels=[1]))
+        >>> int((pred.mask != (img > 100)).sum()) <= 8, 0.0 <= pred.score <= 1.0
+        (True, True)
+        """
+        H, W = (int(v) for v in embedding["original_size"])
+        feat = embedding["feature"]
+        pos, neg = _split_points(prompt, H, W)
+        box = _check_box(prompt.box, H, W) if prompt.box is not None else None
+        prior = None
+        if prompt.mask_input is not None:
+            prior = _check_mask_input(prompt.mask_input, H, W)
+            if box is None and prior.any():
+                ys, xs = np.nonzero(prior)
+                pad = max(2, int(0.1 * max(np.ptp(ys), np.ptp(xs))))
+                box = (max(xs.min() - pad, 0), max(ys.min() - pad, 0), min(xs.max() + pad, W - 1), min(ys.max() + pad, H - 1))
+        if box is None and not pos:
+            if prior is not None:
+                raise SamlabError("mask_input is empty and there is no box or positive point: give a box or click inside the object")
+            raise SamlabError("the classic engine needs a box or at least one positive point inside the object")
+
+        if box is not None:
+            mask, score = self._segment_box(feat, embedding["gradient"], box, pos, neg, prior)
+        else:
+            mask = np.zeros((H, W), bool)
+            scores = []
+            for p in pos:
+                m, s = self._segment_click(feat, embedding["gradient"], p, pos, neg)
+                mask |= m
+                scores.append(s)
+            score = float(np.mean(scores)) if scores else 0.0
+        return Prediction(mask=mask, score=float(np.clip(score, 0, 1)), low_res_logits=_signed_distance(mask))
+
+    # ------------------------------------------------------------------
+    def _segment_box(self, feat, grad, box, pos, neg, prior):
+        H, W = feat.shape[:2]
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        if min(bw, bh) < TINY:
+            # too few pixels to tell object from background: the box is the answer
+            full = np.zeros((H, W), bool)
+            full[y0:y1 + 1, x0:x1 + 1] = True
+            return full, 0.0
+        m = max(3, int(round(self.margin * max(bw, bh))))
+        r0, r1, c0, c1 = max(y0 - m, 0), min(y1 + m + 1, H), max(x0 - m, 0), min(x1 + m + 1, W)
+        f = feat[r0:r1, c0:c1]
+        inbox = np.zeros(f.shape[:2], bool)
+        inbox[y0 - r0:y1 - r0 + 1, x0 - c0:x1 - c0 + 1] = True
+        lpos = [(y - r0, x - c0) for x, y in pos]
+        lneg = [(y - r0, x - c0) for x, y in neg if r0 <= y < r1 and c0 <= x < c1]
+        pr = prior[r0:r1, c0:c1] if prior is not None else None
+
+        # samples: object = box interior (or the prior / clicks), background = ring
+        bg = ~inbox
+        # object sample: the central ellipse of the box (a tight box's corners
+        # and edges hold background, its centre the object)
+        yy, xx = np.indices(inbox.shape)
+        fg = (((yy - (y0 + y1) / 2 + r0) / (self.core * bh)) ** 2 + ((xx - (x0 + x1) / 2 + c0) / (self.core * bw)) ** 2) <= 1
+        fg &= inbox
+        if pr is not None and pr.any():
+            fg = ndi.binary_erosion(pr, iterations=2) if ndi.binary_erosion(pr, iterations=2).any() else pr
+            bg = bg | (inbox & ~ndi.binary_dilation(pr, iterations=3))
+        seeds = np.zeros(f.shape[:2], bool)
+        for (y, x) in lpos:
+            seeds[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = True
+        # negative clicks are not sampled: they often mark a *neighbour* that
+        # looks just like the object (another nucleus); the cut handles them
+        if lpos:
+            fg = seeds & inbox if (seeds & inbox).any() else fg
+        if not bg.any():  # box covers the whole image: use its border band
+            bg = inbox & ~ndi.binary_erosion(inbox, iterations=2, border_value=0)
+        g = _project(f, fg, bg)
+
+        mask = None
+        sep = 0.0
+        for it in range(self.iterations + 1):
+            t, sign, sep = _best_threshold(g[fg], g[bg])
+            obj = (sign * (g - t) > 0) & inbox
+            mask = self._shape_box(obj, inbox, lpos, lneg, pr, g, sign)
+            for _ in range(self.refine_steps):
+                new = self._refine_edge(g, sign, mask, inbox, lneg)
+                if np.array_equal(new, mask):
+                    break
+                mask = new
+            mask = self._trim_far_side(g, sign, t, mask, inbox, lpos, lneg, pr)
+            if it < self.iterations and mask.any():
+                fg = ndi.binary_erosion(mask, iterations=1) & mask
+                fg = fg if fg.any() else mask
+                bg = (~inbox) | (inbox & ~ndi.binary_dilation(mask, iterations=2))
+                if lpos:
+                    fg = fg | (seeds & inbox)
+        full = np.zeros((H, W), bool)
+        full[r0:r1, c0:c1] = mask
+        return full, sep * _edge_contrast(grad[r0:r1, c0:c1], mask)
+
+    def _trim_far_side(self, g, sign, t, mask, inbox, lpos, lneg, prior):
+        """Drop parts far *beyond* the object's own intensity (bone next to a
+        tumour, scalp fat next to brain): the threshold only bounds one side.
+        """
+        if self.trim <= 0 or not mask.any():
+            return mask
+        core = ndi.binary_erosion(mask, _disk(2))
+        if core.sum() < 20:
+            return mask
+        v = sign * g[core]
+        lo, med, hi = np.percentile(v, [25, 50, 95])
+        limit = hi + self.trim * max(med - sign * t, 1e-6)
+        far = (sign * g > limit) & mask
+        if not far.any():
+            return mask
+        trimmed = self._shape_box(mask & ~far, inbox, lpos, lneg, prior, g, sign)
+        return trimmed if trimmed.any() else mask
+
+    def _refine_edge(self, g, sign, mask, inbox, lneg):
+        """Move the edge to half-way between object and adjacent background.
+
+        The sample threshold separates the object from *all* background (e.g.
+        a tumour from chest-wall muscle), which cuts through the object's
+        partial-volume rim where it borders air; the local half-way level
+        puts the edge where the intensity really changes.
+        """
+        if not mask.any() or self.grow <= 0:
+            return mask
+        side = min(inbox.any(1).sum(), inbox.any(0).sum())
+        r = int(np.clip(round(self.grow * side), 2, 6))
+        near = ndi.binary_dilation(mask, _disk(r)) & ~mask
+        # background level from beyond the partial-volume rim
+        far = ndi.binary_dilation(mask, _disk(2 * r + 2)) & ~ndi.binary_dilation(mask, _disk(r))
+        far = far if far.any() else near
+        if not near.any() or not far.any():
+            return mask
+        inner = ndi.binary_erosion(mask, _disk(2))
+        inner = inner if inner.any() else mask
+        g_far = float(np.median(g[far]))
+        t_mid = g_far + self.edge_level * (float(np.median(g[inner])) - g_far)
+        cand = (sign * (g - t_mid) > 0) & (mask | near) & inbox
+        for y, x in lneg:
+            cand[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = False
+        lab, n = ndi.label(cand | mask)
+        if n == 0:
+            return mask
+        ids = np.unique(lab[mask])
+        grown = np.isin(lab, ids[ids > 0]) & (cand | mask)
+        if self.shrink > 0:
+            # and back in where the first threshold overshot into the background
+            rim = mask & ~ndi.binary_erosion(mask, _disk(self.shrink))
+            grown &= ~(rim & (sign * (g - t_mid) <= 0))
+        return ndi.binary_fill_holes(grown)
+
+    def _shape_box(self, obj, inbox, lpos, lneg, prior, g=None, sign=1.0):
+        bh = inbox.any(1).sum()
+        bw = inbox.any(0).sum()
+        side = min(bh, bw)
+        r_open = int(np.clip(round(0.02 * side), 1, 4))
+        o = ndi.binary_opening(obj, _disk(r_open))
+        o = o if o.any() else obj
+        lab, n = ndi.label(o)
+        if n == 0:
+            return o
+        keep = set()
+        for (y, x) in lpos:
+            if 0 <= y < o.shape[0] and 0 <= x < o.shape[1] and lab[y, x]:
+                keep.add(int(lab[y, x]))
+        if prior is not None and prior.any():
+            ids, cnt = np.unique(lab[prior & (lab > 0)], return_counts=True)
+            keep.update(int(i) for i, c in zip(ids, cnt) if c > 0.2 * cnt.max())
+        if not keep:
+            # the box names the object: every sizeable component in it (a
+            # brain slice may hold both temporal lobes and the cerebellum);
+            # the main one is the one that best covers the box centre
+            cy, cx = np.nonzero(inbox)
+            ym, xm = cy.mean(), cx.mean()
+            yy, xx = np.indices(o.shape)
+            wgt = np.exp(-(((yy - ym) / (0.35 * bh)) ** 2 + ((xx - xm) / (0.35 * bw)) ** 2))
+            sums = ndi.sum(wgt, lab, index=np.arange(1, n + 1))
+            areas = ndi.sum(np.ones_like(wgt), lab, index=np.arange(1, n + 1))
+            main = int(np.argmax(sums))
+            keep.add(main + 1)
+            keep.update(int(i) + 1 for i in np.nonzero(areas >= self.keep_fraction * areas[main])[0])
+        mask = np.isin(lab, list(keep))
+        # reconstruct what the opening shaved off the kept part (edges, not bridges)
+        mask = obj & ndi.binary_dilation(mask, _disk(r_open))
+        r_close = int(np.clip(round(self.close_fraction * side), 0, 8))
+        if r_close:
+            # close sulci / spiculation gaps; pad so the box edge does not erode it
+            pad = r_close + 1
+            mp = np.pad(mask, pad)
+            mask = ndi.binary_closing(mp, _disk(r_close))[pad:-pad, pad:-pad]
+        mask = ndi.binary_fill_holes(mask)
+        mask = _cut_negatives(mask, lpos, lneg, None if g is None else sign * g)
+        return mask & inbox
+
+    # ------------------------------------------------------------------
+    def _segment_click(self, feat, grad, p, pos, neg):
+        """The object under one click: half-way level between it and its surround.
+
+        The object level is the median around the click, the background
+        level a low percentile of a window around it; the window grows until
+        the clicked component no longer runs into its edge.  Touching
+        neighbours (nuclei in a clump) are cut off where rays from the click
+        climb into them (:func:`_ray_cut`) and along the necks of the
+        watershed split (:func:`_split_touching`).
+        """
+        H, W = feat.shape[:2]
+        x, y = p
+        r = 16
+        while True:
+            r0, r1, c0, c1 = max(y - r, 0), min(y + r + 1, H), max(x - r, 0), min(x + r + 1, W)
+            f = feat[r0:r1, c0:c1]
+            ly, lx = y - r0, x - c0
+            seed = np.zeros(f.shape[:2], bool)
+            seed[max(ly - 2, 0):ly + 3, max(lx - 2, 0):lx + 3] = True
+            g = _project(f, seed, ~seed)
+            obj_level = float(np.median(g[seed]))
+            lo, hi = np.percentile(g, [self.click_background, 100 - self.click_background])
+            # polarity: the click is on the brighter or the darker side
+            bg_level = float(lo) if obj_level - lo >= hi - obj_level else float(hi)
+            sign = 1.0 if obj_level >= bg_level else -1.0
+            t = bg_level + self.click_level * (obj_level - bg_level)
+            obj = sign * (g - t) > 0
+            obj[ly, lx] = True  # the click itself always belongs to the object
+            lab, _ = ndi.label(obj)
+            comp = lab == lab[ly, lx]
+            # grow while the object runs into a window edge that is not the image's
+            open_edge = (comp[0].any() and r0 > 0) or (comp[-1].any() and r1 < H) or \
+                (comp[:, 0].any() and c0 > 0) or (comp[:, -1].any() and c1 < W)
+            if not open_edge or r >= max(H, W):
+                break
+            r = int(r * 1.6) + 1
+        comp = ndi.binary_fill_holes(comp)
+        contrast = obj_level - bg_level
+        gn = (g - bg_level) / contrast if abs(contrast) > 1e-9 else np.zeros_like(g)
+        comp = _ray_cut(comp, (ly, lx), gn, self.ray_rise)
+        comp = _split_touching(comp, (ly, lx), gn, self.split_h, self.split_sigma, self.split_dist)
+        lneg = [(yy - r0, xx - c0) for xx, yy in neg if r0 <= yy < r1 and c0 <= xx < c1]
+        lpos = [(yy - r0, xx - c0) for xx, yy in pos if r0 <= yy < r1 and c0 <= xx < c1]
+        comp = _cut_negatives(comp, lpos or [(ly, lx)], lneg, sign * g)
+        full = np.zeros((H, W), bool)
+        full[r0:r1, c0:c1] = comp
+        sep = _best_threshold(g[comp], g[~comp])[2] if comp.any() and (~comp).any() else 0.0
+        return full, sep * _edge_contrast(grad[r0:r1, c0:c1], comp)
+
+
+# ----------------------------------------------------------------------
+def _split_points(prompt: Prompt, H: int, W: int):
+    pos, neg = [], []
+    if not prompt.points:
+        return pos, neg
+    pts = np.asarray(prompt.points, dtype=float).reshape(-1, 2)
+    labels = np.ones(len(pts), int) if prompt.point_labels is None else np.asarray(prompt.point_labels).ravel()
+    if len(labels) != len(pts):
+        raise SamlabError(f"got {len(pts)} points but {len(labels)} point labels: give one label (1 object, 0 background) per point")
+    if not np.all(np.isfinite(pts)):
+        raise SamlabError("a point has non-finite coordinates: give X Y as pixel indices")
+    for (x, y), lab in zip(pts, labels):
+        if int(lab) < 0:  # SAM-style padding point
+            continue
+        xi, yi = int(round(x)), int(round(y))
+        if not (0 <= xi < W and 0 <= yi < H):
+            raise SamlabError(f"point ({x:g}, {y:g}) is outside the image ({W}x{H}): give x in 0..{W - 1} and y in 0..{H - 1}")
+        (pos if int(lab) == 1 else neg).append((xi, yi))
+    return pos, neg
+
+
+def _check_box(box, H: int, W: int):
+    try:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=float).ravel())
+    except (TypeError, ValueError):
+        raise SamlabError(f"box {box!r} is not four numbers: give X0 Y0 X1 Y1") from None
+    if not np.all(np.isfinite([x0, y0, x1, y1])):
+        raise SamlabError(f"box {box!r} has non-finite corners: give X0 Y0 X1 Y1 as pixel indices")
+    if x1 < x0 or y1 < y0:
+        raise SamlabError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty: X1 must be >= X0 and Y1 >= Y0")
+    # corners round to the pixels they name (a drawn box may say 511.3)
+    r = [int(round(v)) for v in (x0, y0, x1, y1)]
+    if r[0] < 0 or r[1] < 0 or r[2] > W - 1 or r[3] > H - 1:
+        raise SamlabError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the image ({W}x{H}): give corners with x in 0..{W - 1}, y in 0..{H - 1}")
+    return tuple(r)
+
+
+def _check_mask_input(mask_input, H: int, W: int) -> np.ndarray:
+    m = np.asarray(mask_input)
+    m = np.squeeze(m)
+    if m.shape != (H, W):
+        raise SamlabError(f"mask_input has shape {m.shape} but the slice is {(H, W)}: pass the previous result of the classic engine for a slice of the same size")
+    return m > 0
+
+
+def _project(f: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """One feature: the channel itself, or Fisher's discriminant for colour."""
+    if f.shape[-1] == 1 or not fg.any() or not bg.any():
+        return f[..., 0]
+    a, b = f[fg].astype(np.float64), f[bg].astype(np.float64)
+    cov = np.cov(a.T) * len(a) + np.cov(b.T) * len(b) if len(a) > 1 and len(b) > 1 else np.eye(f.shape[-1])
+    cov = cov / max(len(a) + len(b), 1) + 1e-4 * np.eye(f.shape[-1])
+    w = np.linalg.solve(cov, a.mean(0) - b.mean(0))
+    if not np.all(np.isfinite(w)) or not np.any(w):
+        return f[..., 0]
+    g = f @ w.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+
+
+def _best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float = 0.01):
+    """Threshold and polarity that best separate samples ``a`` (object) and ``b``.
+
+    Returns ``(t, sign, youden)``: the object is ``sign * (x - t) > 0`` and
+    ``youden`` = TPR - FPR in [0, 1] measures how separable they are.
+    """
+    if a.size == 0 or b.size == 0:
+        return (float(np.median(a)) if a.size else 0.5), 1.0, 0.0
+    lo = float(min(a.min(), b.min()))
+    hi = float(max(a.max(), b.max()))
+    if hi <= lo:
+        return lo, 1.0, 0.0
+    edges = np.linspace(lo, hi, bins + 1)
+    ha = np.histogram(a, edges)[0].astype(np.float64)
+    hb = np.histogram(b, edges)[0].astype(np.float64)
+    # fraction above each edge (object brighter) / below (object darker)
+    ca = 1.0 - np.concatenate([[0], np.cumsum(ha)]) / ha.sum()
+    cb = 1.0 - np.concatenate([[0], np.cumsum(hb)]) / hb.sum()
+    j_up = ca - cb
+    j_dn = -j_up
+    j, sign = (j_up, 1.0) if j_up.max() >= j_dn.max() else (j_dn, -1.0)
+    # middle of the near-optimal plateau: a clean gap between the classes
+    # (tumour vs air) is cut half-way, through the partial-volume rim
+    best = float(j.max())
+    near = np.nonzero(j >= best - plateau)[0]
+    i = int(near[len(near) // 2]) if near[-1] - near[0] < len(near) + 2 else int(np.argmax(j))
+    return float(edges[i]), sign, best
+
+
+def _edge_contrast(grad: np.ndarray, mask: np.ndarray) -> float:
+    """Mean gradient on the boundary relative to the ROI's, squashed to [0, 1]."""
+    if not mask.any() or mask.all():
+        return 0.0
+    edge = mask ^ ndi.binary_erosion(mask)
+    ratio = float(grad[edge].mean()) / (float(grad.mean()) + 1e-9)
+    return float(np.clip(ratio / 2.0, 0.0, 1.0))
+
+
+def _cut_negatives(mask: np.ndarray, lpos, lneg, g: Optional[np.ndarray] = None) -> np.ndarray:
+    """Remove what negative clicks point at.
+
+    A watershed from the object seeds (positive clicks, or else the mask's
+    deepest point away from the negatives) and the negative clicks splits the
+    mask along the strongest edges of ``g`` between them or, on flat
+    intensity, about half-way; the negatives' share goes.
+    """
+    lneg = [(y, x) for y, x in lneg if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]]
+    if not lneg or not mask.any():
+        return mask
+    from skimage.segmentation import watershed
+
+    mask = mask.copy()
+    dist = ndi.distance_transform_edt(mask)
+    markers = np.zeros(mask.shape, np.int32)
+    pos_in = [(y, x) for y, x in lpos if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x]]
+    if not pos_in:
+        # object seed = the deepest mask point far from the negatives
+        yy, xx = np.indices(mask.shape)
+        d2 = dist.copy()
+        for y, x in lneg:
+            d2 = np.minimum(d2, np.hypot(yy - y, xx - x) / 2.0)
+        pos_in = [tuple(int(v) for v in np.unravel_index(int(np.argmax(d2)), mask.shape))]
+    for y, x in pos_in:
+        markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 1
+    for y, x in lneg:
+        if mask[y, x]:
+            markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 2
+    if (markers == 2).any():
+        # edges (gradient) between the seeds win; on flat ground the flood
+        # meets half-way.  Not raw intensity: a brighter neighbour would flood
+        # a dimmer object before the object's own seed starts to grow.
+        land = -0.25 * dist / max(float(dist.max()), 1.0)
+        if g is not None:
+            grad = ndi.gaussian_gradient_magnitude(g.astype(np.float64), 1.0)
+            land = land + grad / max(float(grad[mask].max()), 1e-9)
+        ws = watershed(land, markers * mask, mask=mask)
+        mask = ws == 1
+    for y, x in lneg:  # always clear the immediate neighbourhood of the click
+        mask[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = False
+    lab, n = ndi.label(mask)
+    if n > 1:  # keep what is still connected to the object seeds
+        ids = {int(lab[y, x]) for y, x in pos_in if lab[y, x]}
+        mask = np.isin(lab, list(ids)) if ids else mask
+    return mask
+
+
+def _split_touching(comp: np.ndarray, seed, g: np.ndarray, h: float = 0.1, sigma: float = 3.0,
+                    dist_weight: float = 0.5) -> np.ndarray:
+    """Split touching blobs (nuclei in a clump) and keep the one under ``seed``.
+
+    ``g`` is the intensity scaled so that background is 0 and the clicked
+    object 1.  Blurred at about a third of a nucleus radius, each nucleus is
+    one bump (bright middle, darker necks to its neighbours); adding
+    ``dist_weight`` times the relative distance to the clump edge favours
+    convex blobs.  The h-maxima of that landscape (height ``h``) mark one
+    blob each, parts far brighter than the clicked object one more, and a
+    watershed from these markers splits the clump.
+    """
+    if not comp.any() or h <= 0:
+        return comp
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    gc = np.clip(g, -1, 4).astype(np.float64)
+    dist = ndi.distance_transform_edt(comp)
+    land = ndi.gaussian_filter(np.where(comp, gc, 0.0), sigma)
+    land = land + dist_weight * ndi.gaussian_filter(dist, 1.0) / max(float(dist.max()), 1.0)
+    land = np.where(comp, land, land[comp].min())
+    markers, n = ndi.label(h_maxima(land, h) & comp)
+    # a much brighter neighbour is a nucleus of its own, whatever its shape
+    lb, nb = ndi.label((ndi.gaussian_filter(gc, 1.0) > 1.8) & comp)
+    if nb:
+        markers = np.where((lb > 0) & (markers == 0), lb + n, markers)
+        n += nb
+    if n < 2:
+        return comp
+    ws = watershed(-land, markers, mask=comp)
+    return ws == ws[seed] if ws[seed] else comp
+
+
+def _ray_cut(comp: np.ndarray, seed, g: np.ndarray, rise: float = 0.15, n_rays: int = 72) -> np.ndarray:
+    """Cut ``comp`` where rays from ``seed`` climb into a neighbour.
+
+    Along each ray the (smoothed, 0 = background, 1 = clicked object)
+    intensity falls from the clicked object's middle towards its edge; if it
+    rises again by ``rise`` before leaving ``comp``, the ray has crossed a
+    neck into a touching neighbour and the object ends at the lowest point
+    before the rise.  The radii are median-filtered over angle (nuclei are
+    star-shaped around a click near their middle) and the star polygon
+    clips ``comp``.
+    """
+    if not comp.any() or rise <= 0:
+        return comp
+    from skimage.draw import polygon
+
+    gs = ndi.gaussian_filter(np.clip(g, -1, 4).astype(np.float64), 1.0)
+    sy, sx = seed
+    rmax = float(np.hypot(*comp.shape))
+    step = 0.5
+    rs = np.arange(0.0, rmax, step)
+    ang = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
+    yy = sy + np.outer(np.sin(ang), rs)
+    xx = sx + np.outer(np.cos(ang), rs)
+    inside = ndi.map_coordinates(comp.astype(np.float32), [yy, xx], order=0, cval=0.0) > 0.5
+    prof = ndi.map_coordinates(gs, [yy, xx], order=1, cval=0.0)
+    radii = np.empty(n_rays)
+    for k in range(n_rays):
+        out = np.nonzero(~inside[k])[0]
+        end = int(out[0]) if out.size else len(rs)
+        p = prof[k, :end]
+        r_end = end
+        if p.size > 2:
+            run_min = np.minimum.accumulate(p)
+            climbed = np.nonzero(p - run_min >= rise)[0]
+            if climbed.size:
+                j = int(climbed[0])
+                r_end = int(np.argmin(p[:j + 1]))
+        radii[k] = max(r_end * step, 1.0)
+    # angular median: one stray ray must not carve a notch or a spike
+    radii = ndi.median_filter(radii, size=5, mode="wrap")
+    py = sy + radii * np.sin(ang)
+    px = sx + radii * np.cos(ang)
+    star = np.zeros(comp.shape, bool)
+    rr, cc = polygon(py, px, comp.shape)
+    star[rr, cc] = True
+    cut = comp & star
+    lab, _ = ndi.label(cut)
+    if not lab[sy, sx]:
+        return comp
+    return ndi.binary_fill_holes(lab == lab[sy, sx])
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels, + inside), clipped: the mask_input format."""
+    if not mask.any():
+        return np.full(mask.shape, -SDF_CLIP, np.float32)
+    if mask.all():
+        return np.full(mask.shape, SDF_CLIP, np.float32)
+    d = ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask)
+    return np.clip(d, -SDF_CLIP, SDF_CLIP).astype(np.float32)
