@@ -11,6 +11,7 @@ The window is ``"auto"`` resolved on the whole volume, as the predictor does.
 """
 from __future__ import annotations
 
+import os
 import argparse
 import sys
 import time
@@ -22,7 +23,8 @@ from napari_samlab.models.base import Prompt
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.windowing import apply_window, resolve_window
 
-DEFAULT_DATA = Path("/work/shared/data")
+# ../shared/data beside the checkout (SAMLAB_SHARED_DATA overrides)
+DEFAULT_DATA = Path(os.environ.get("SAMLAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

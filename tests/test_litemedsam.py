@@ -19,7 +19,7 @@ from napari_samlab.models.sam_family import default_decoder_config, tinyvit_conf
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
-DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_net(path, tcfg=cf.SMALL_TINYVIT):

@@ -23,7 +23,7 @@ from napari_samlab import errors  # noqa: E402
 from napari_samlab.models.registry import detect_family, load_model, model_from_state_dict  # noqa: E402
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
-DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_sam(path, vit=cf.SMALL_VIT):
