@@ -9,13 +9,12 @@ from .layers import image_layer_data
 
 
 def sample_dir() -> Path:
-    """The bundled ``sample_data`` folder (repository checkout or installed copy)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        cand = parent / "sample_data"
-        if (cand / "ct_chest_lung2.nrrd").exists():
-            return cand
-    raise FileNotFoundError("napari-samlab's sample_data folder was not found next to the package")
+    """The bundled samples: ``napari_samlab/sample_data`` (a link to the
+    repository's ``sample_data/`` in a checkout, real files in a wheel)."""
+    folder = Path(__file__).resolve().parents[1] / "sample_data"
+    if not (folder / "ct_chest_lung2.nrrd").exists():
+        raise FileNotFoundError(f"napari-samlab's sample data is missing from {folder}: reinstall the package")
+    return folder
 
 
 def _pair(image_file: str, label_file: str | None, image_name: str, label_name: str) -> List[tuple]:
