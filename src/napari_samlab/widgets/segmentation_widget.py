@@ -62,6 +62,7 @@ SHORTCUTS = {
     "previous slice": "Shift-Left",
     "undo": "Control-Z",
     "redo": "Control-Shift-Z",
+    "next flagged slice": "Shift-F",
 }
 
 
@@ -303,6 +304,11 @@ class SegmentationWidget(QWidget):
         pl.addWidget(self.status)
         lay.addWidget(pbox)
 
+        from .propagation_panel import PropagationPanel
+
+        self.propagation = PropagationPanel(self)
+        lay.addWidget(self.propagation)
+
         cbox = QGroupBox("Commit")
         cf = QFormLayout(cbox)
         self.label_spin = QSpinBox()
@@ -392,7 +398,7 @@ class SegmentationWidget(QWidget):
     def busy(self) -> bool:
         """Whether prompts are waiting or a worker is running."""
         return (self._worker is not None or self._encode_worker is not None or bool(self._queue)
-                or self._debounce.isActive())
+                or self._debounce.isActive() or self.propagation.running)
 
     @property
     def segments(self) -> List[dict]:
@@ -635,6 +641,7 @@ class SegmentationWidget(QWidget):
         else:
             planes = [plane]
         reqs = [self._make_request(p, None) for p in planes]
+        self.propagation.stop_prefetch()
         self._encode_worker = self._start_worker(reqs, determinate=True, what="encoding")
         self._update_progress()
         if wait:
@@ -647,6 +654,7 @@ class SegmentationWidget(QWidget):
         for w in (self._worker, self._encode_worker):
             if w is not None:
                 w.quit()
+        self.propagation.cancel()
         # whatever is in flight now answers prompts that are no longer wanted
         for key in list(self._latest):
             self._latest[key] = next(self._rid)
@@ -741,6 +749,36 @@ class SegmentationWidget(QWidget):
         self.label_spin.setValue(table.next_label())
         return {"label": label, "written": written, "skipped": skipped}
 
+    # -- propagation (the work is in propagation_panel.PropagationPanel) ----
+    def propagate(self, wait: bool = False, timeout: float = 3600, **settings):
+        """Propagate the displayed orientation's prompts through the volume into the preview.
+
+        Keyword arguments are :class:`~napari_samlab.propagate.PropagationSettings`
+        fields (``z_min``, ``z_max``, ``stop_slices``, ``max_empty``,
+        ``stop_min_iou``, ``stop_area_factor``, ``stop_min_score``, ...).
+        With ``wait=True`` returns the
+        :class:`~napari_samlab.propagate.PropagationResult`.  Nothing is
+        committed until :meth:`commit` (which commits every slice).
+        """
+        return self.propagation.propagate(wait=wait, timeout=timeout, **settings)
+
+    def repropagate_from(self, z: Optional[int] = None, wait: bool = False, timeout: float = 3600):
+        """After correcting slice ``z`` (default: displayed) re-propagate from it to the next anchor or limit."""
+        return self.propagation.repropagate_from(z, wait=wait, timeout=timeout)
+
+    def next_flagged(self, step: int = 1) -> Optional[int]:
+        """Go to the next flagged slice of the last propagation [Shift+F]; returns it (None if none)."""
+        return self.propagation.next_flagged(step)
+
+    def fill_between(self, slices=None, method: str = "sdf") -> List[int]:
+        """Model-free: interpolate shapes between annotated slices into the preview; returns the filled slices."""
+        return self.propagation.fill_between(slices, method=method)
+
+    @property
+    def propagation_result(self):
+        """The last :class:`~napari_samlab.propagate.PropagationResult` (None before propagating or after a commit)."""
+        return self.propagation.result
+
     def set_segment_state(self, label: int, state: str) -> None:
         """Mark segment ``label`` in progress, completed or locked (undoable)."""
         table = self._table()
@@ -774,6 +812,7 @@ class SegmentationWidget(QWidget):
         self._closed = True
         self.cancel()
         wait_until(lambda: self._worker is None and self._encode_worker is None, 30)
+        self.propagation.shutdown()
 
     def closeEvent(self, event):  # noqa: N802 - Qt name
         self.shutdown()
@@ -943,6 +982,7 @@ class SegmentationWidget(QWidget):
         self._preview_planes.clear()
         self._prompt_state = None
         self.history.clear()
+        self.propagation.forget()
 
     def _to_prompt_coords(self, prompt_layer, data_point) -> np.ndarray:
         im = self._image
@@ -1111,6 +1151,7 @@ class SegmentationWidget(QWidget):
             self._update_progress()
             return
         _, req = self._queue.popitem(last=False)
+        self.propagation.stop_prefetch()  # the user's prompt goes first
         self._worker = self._start_worker([req], determinate=False, what=f"segmenting {req.plane.name}")
         self._update_progress()
 
@@ -1336,6 +1377,7 @@ class SegmentationWidget(QWidget):
             self._preview.data[...] = 0
             self._preview.refresh()
         self._preview_planes.clear()
+        self.propagation.forget()  # its result described the preview just committed
 
     def _undo_redo(self, fn) -> Optional[str]:
         self._debounce.stop()
@@ -1620,6 +1662,7 @@ class SegmentationWidget(QWidget):
             "previous slice": lambda: self.next_slice(-1),
             "undo": lambda: self._guard(self.undo, "undoing"),
             "redo": lambda: self._guard(self.redo, "redoing"),
+            "next flagged slice": lambda: self._guard(self.next_flagged, "going to the next flagged slice"),
         }
         for name, key in SHORTCUTS.items():
             fn = actions[name]
