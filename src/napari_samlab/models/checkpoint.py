@@ -172,6 +172,25 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> tuple:
     return tensors, meta
 
 
+def plain_state_dict(obj: Any) -> dict:
+    """The bare weight tensors of a state dict or training checkpoint; ``{}`` if none.
+
+    Detection code uses this on anything a user hands over, so it never raises.
+
+    Examples
+    --------
+    >>> import torch
+    >>> list(plain_state_dict({"state_dict": {"module.w": torch.zeros(1)}, "model": "sam"}))
+    ['w']
+    >>> plain_state_dict("not weights")
+    {}
+    """
+    try:
+        return unwrap_state_dict(obj)[0]
+    except SamlabError:
+        return {}
+
+
 def load_checkpoint(path: Union[str, os.PathLike]) -> LoadedCheckpoint:
     """Read a checkpoint safely and unwrap it to a bare state dict.
 

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
+from .checkpoint import plain_state_dict
 
 PATCH_SIZE = 16
 WINDOW_SIZE = 14
@@ -61,34 +62,6 @@ DEFAULT_IMAGE_SIZE = 1024
 _BACKBONES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _ENC = "image_encoder."
 _DEC = "mask_decoder.transformer."
-
-
-def _is_tensor(v) -> bool:
-    import torch
-
-    return isinstance(v, torch.Tensor)
-
-
-def _plain(state_dict) -> dict:
-    """The bare tensors; accepts the whole MSA file dict and ``module.`` prefixes too."""
-    sd = state_dict
-    for _ in range(3):
-        if not isinstance(sd, dict):
-            return {}
-        if sd and all(_is_tensor(v) for v in sd.values()):
-            break
-        # MSA's "model" entry is the network's name (a string): look for the weights first
-        for key in ("state_dict", "model", "module", "net"):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-        else:
-            break
-    tensors = {str(k): v for k, v in sd.items() if _is_tensor(v)}
-    for prefix in ("module.", "_orig_mod."):
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
 
 
 def _block_ids(sd: dict) -> list:
@@ -125,7 +98,7 @@ def detect_msa(state_dict) -> Optional[dict]:
     >>> info["generation"], info["image_size"]                                           # doctest: +SKIP
     ('C', 256)
     """
-    sd = _plain(state_dict)
+    sd = plain_state_dict(state_dict)
     if not any(k.startswith(_ENC) and ".Space_Adapter.D_fc1.weight" in k for k in sd):
         return None
     patch = sd.get(f"{_ENC}patch_embed.proj.weight")
@@ -452,7 +425,7 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
     import torch
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-    sd = _plain(state_dict)
+    sd = plain_state_dict(state_dict)
     info = detect_msa(sd)
     if info is None:
         raise SamlabError("the checkpoint is not a Medical SAM Adapter model (it has no image_encoder ...Space_Adapter weights): "

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
+from .checkpoint import plain_state_dict
 
 SAMED_IMAGE_SIZE = 512  # the network's input side (test.py --img_size)
 SAMED_INPUT_SIZE = 224  # the training resolution every slice first goes through (--input_size)
@@ -55,33 +56,6 @@ CLASS_NAMES = {1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder
 
 _WA = re.compile(r"^w_a_(\d{3,})$")
 _DECODER_LORA = ("sa_a_", "sa_b_", "cti_a_", "cti_b_", "cit_a_", "cit_b_", "fati_")
-
-
-def _is_tensor(v) -> bool:
-    import torch
-
-    return isinstance(v, torch.Tensor)
-
-
-def _plain(state_dict) -> dict:
-    """The bare tensor dict, whatever training wrapper or prefix it came in."""
-    sd = state_dict
-    for _ in range(3):
-        if not isinstance(sd, dict):
-            return {}
-        if sd and all(_is_tensor(v) for v in sd.values()):
-            break
-        for key in ("state_dict", "model", "module", "net"):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-        else:
-            break
-    tensors = {str(k): v for k, v in sd.items() if _is_tensor(v)}
-    for prefix in ("module.", "_orig_mod."):
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
 
 
 def _backbone_of(width: int) -> tuple:
@@ -118,7 +92,7 @@ def detect_samed(state_dict) -> Optional[dict]:
     >>> info["variant"], info["backbone"], info["lora_rank"], info["num_classes"]
     ('samed', 'vit_b', 4, 8)
     """
-    sd = _plain(state_dict)
+    sd = plain_state_dict(state_dict)
     a0 = sd.get("w_a_000")
     if a0 is None or a0.ndim != 2:
         return None
@@ -317,7 +291,7 @@ def build_samed(state_dict, base_state_dict, device: str = "cpu", fingerprint: O
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    lora = _plain(state_dict)
+    lora = plain_state_dict(state_dict)
     info = detect_samed(lora)
     if info is None:
         raise SamlabError("the checkpoint is not a SAMed LoRA file (it has no w_a_000 tensor): use --model to pick its family")
@@ -326,7 +300,7 @@ def build_samed(state_dict, base_state_dict, device: str = "cpu", fingerprint: O
     if base_state_dict is None:
         _, _, f, n = _backbone_of(info["embed_dim"])
         raise SamlabError(f"{VARIANT_NAMES[info['variant']]} needs the original SAM {n} checkpoint ({f}): pass it with --base-checkpoint")
-    base = _plain(base_state_dict)
+    base = plain_state_dict(base_state_dict)
     _check_base(info, base)
 
     dim, depth = info["embed_dim"], info["depth"]
