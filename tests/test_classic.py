@@ -263,3 +263,58 @@ def test_with_slice_predictor(shared_data, lung):
     predictor.set_image(vol[20], window="auto")
     mask, score = predictor.predict(box=_bbox(truth[20]))
     assert dice(mask, truth[20]) >= 0.90 and 0 <= score <= 1
+
+
+# -- propagation step ("track" strategy) ----------------------------------
+def _disc(shape, cy, cx, r):
+    yy, xx = np.indices(shape)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_propagate_step_follows_the_object_and_ends_with_it():
+    m = ClassicModel()
+    rng = np.random.default_rng(0)
+    radii = [16, 15, 13, 10, 6, 0]
+    truths = [_disc((64, 64), 32 + k, 30, r) if r else np.zeros((64, 64), bool) for k, r in enumerate(radii)]
+    imgs = [(np.where(t, 180, 40) + rng.integers(0, 15, t.shape)).astype(np.uint8) for t in truths]
+    first = m.decode(m.encode(imgs[0]), Prompt(box=_bbox(truths[0])))
+    assert first.extra["stats"]["sign"] == 1.0
+    prev, stats = first.mask, first.extra["stats"]
+    for img, t in zip(imgs[1:-1], truths[1:-1]):
+        pred = m.propagate_step(m.encode(img), prev, stats)
+        assert pred.extra["ended"] is None and dice(pred.mask, t) >= 0.85 and 0 < pred.score <= 1
+        prev, stats = pred.mask, pred.extra["stats"]
+    gone = m.propagate_step(m.encode(imgs[-1]), prev, stats)
+    assert not gone.mask.any() and gone.score == 0.0 and gone.extra["ended"]
+    # without stats they are estimated from the previous mask on the new slice
+    again = m.propagate_step(m.encode(imgs[1]), first.mask)
+    assert dice(again.mask, truths[1]) >= 0.85
+
+
+def test_propagate_step_ends_where_the_object_merges_into_a_larger_region():
+    m = ClassicModel()
+    a = np.where(_disc((80, 80), 40, 40, 12), 180, 40).astype(np.uint8)
+    b = np.full((80, 80), 40, np.uint8)
+    b[20:, :] = 180  # the object has become part of a large organ (tumour -> liver)
+    first = m.decode(m.encode(a), Prompt(box=(26, 26, 54, 54)))
+    pred = m.propagate_step(m.encode(b), first.mask, first.extra["stats"])
+    assert not pred.mask.any() and pred.extra["ended"] == "no edge of its own"
+    # a bridge to a bright neighbour is cut, not followed
+    c = a.copy()
+    c[35:45, 52:80] = 180  # a band touching the object's right side
+    pred = m.propagate_step(m.encode(c), first.mask, first.extra["stats"])
+    assert pred.extra["ended"] is None
+    assert not pred.mask[:, 62:].any() and dice(pred.mask, _disc((80, 80), 40, 40, 12)) >= 0.85
+
+
+def test_propagate_step_on_real_tumour(model, lung):
+    vol, truth = lung
+    win = resolve_window("auto", vol, model)
+    first = model.decode(model.encode(apply_window(vol[20], win)), Prompt(box=_bbox(truth[20])))
+    prev, stats = first.mask, first.extra["stats"]
+    for z in (21, 22, 23):
+        pred = model.propagate_step(model.encode(apply_window(vol[z], win)), prev, stats)
+        assert dice(pred.mask, truth[z]) >= 0.88
+        prev, stats = pred.mask, pred.extra["stats"]
+    with pytest.raises(SamlabError, match="mask_input has shape"):
+        model.propagate_step(model.encode(apply_window(vol[21], win)), prev[:10])

@@ -26,7 +26,7 @@ from napari_samlab.propagate import (
 from napari_samlab.propagate.oracle import OracleModel
 from napari_samlab.propagate.quality import bbox
 
-DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 # ----------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_family_defaults():
         supports_mask_input = True
 
     for fam, want in {"medsam": "box", "litemedsam": "box", "msa": "points", "sam": "box+mask",
-                      "classic": "box+mask"}.items():
+                      "classic": "track"}.items():
         m = M()
         m.family = fam
         assert default_strategy(m) == want
@@ -398,3 +398,42 @@ def test_interpolation_towards_an_empty_annotated_slice_shrinks():
     assert areas[0] > areas[1] > areas[2] > areas[3] > areas[4] == 0
     with pytest.raises(SamlabError):
         interpolate_slices(vol, [0, 4], method="spline")
+
+
+# -- the classic engine's own step ("track") ------------------------------
+@pytest.mark.skipif(not (DATA / "ct_chest_lung2/lung2_label.nrrd").exists(), reason="shared data not present")
+def test_classic_track_follows_the_real_tumour_and_stops():
+    import SimpleITK as sitk
+    from napari_samlab.models.classic import ClassicModel
+
+    img = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_image.nrrd")))
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_label.nrrd"))) == 1
+    vol, truth = img[:, 280:440, 270:430], lab[:, 280:440, 270:430]
+    pred = SlicePredictor(ClassicModel())
+    res = propagate_from_prompt(pred, vol, 20, Prompt(box=bbox(truth[20])), window="auto", modality="CT")
+    assert res.strategy == "track"
+    assert dice(res.mask, truth) >= 0.80
+    # both runs end near the tumour's ends (15..25), not at the volume's
+    lo, hi = res.z_extent()
+    assert 13 <= lo <= 17 and 24 <= hi <= 27
+    assert all(s.rule_fired for s in res.stops)
+
+
+def test_track_strategy_errors():
+    truth = ellipsoid()
+    vol = image_of(truth)
+    with pytest.raises(SamlabError, match="no propagation step of its own"):
+        run(truth, settings=PropagationSettings(strategy="track"), vol=vol)
+    from napari_samlab.models.classic import ClassicModel
+
+    with pytest.raises(SamlabError, match="strategy of its own"):
+        run(truth, settings=PropagationSettings(strategy="track+box"), model=ClassicModel(), vol=vol)
+
+
+def test_classic_track_on_a_synthetic_ellipsoid():
+    from napari_samlab.models.classic import ClassicModel
+
+    truth = ellipsoid()
+    res, *_ = run(truth, model=ClassicModel())
+    assert dice(res.mask, truth) >= 0.9
+    assert set(res.stop_reasons.values()) <= {"empty", "low_iou", "area_jump", "intensity"}

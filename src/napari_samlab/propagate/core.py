@@ -37,15 +37,21 @@ __all__ = [
 #: How each family prompts the next slice (``settings.strategy`` overrides;
 #: a model may also define ``propagation_strategy``).  MedSAM's own 3D
 #: inference scripts propagate a box; MSA was trained with single clicks;
-#: SAM's decoder takes its previous logits as a dense prompt.
+#: SAM's decoder takes its previous logits as a dense prompt.  The classic
+#: engine has a step of its own ("track": ``ClassicModel.propagate_step``,
+#: previous mask + intensity statistics, empty once the object has ended):
+#: one box on the middle slice gives 3D Dice 0.96 (Colin27 brain) and 0.88
+#: (lung2 tumour), against 0.71 and 0.39 with "box+mask", which never stops.
 DEFAULT_STRATEGIES = {
     "medsam": "box",
     "litemedsam": "box",
     "msa": "points",
     "sam": "box+mask",
-    "classic": "box+mask",
+    "classic": "track",
 }
 _PARTS = ("box", "points", "mask")
+#: Strategies that hand the whole step to the model's own ``propagate_step``.
+_OWN = ("track",)
 _RULES = ("empty", "low_iou", "area_jump", "low_score", "intensity")
 
 
@@ -64,12 +70,15 @@ class PropagationSettings:
       and ``stop_area_factor=3.0`` therefore never stop inside a real
       object, and a mask that shrinks inside its previous outline (the
       object ending) is never stopped by them at all;
-    * where the classic engine loses the object it either flips to the
-      surrounding tissue (lung2 above the tumour: the box fills with air,
-      mean windowed intensity 0.5 -> 0.05) or spreads into neighbours
-      (IoU < 0.2, area x2-3): ``stop_intensity_change=0.2`` and the IoU /
-      area rules end the run there; with the oracle (which never leaks)
-      none of them fires before the object's true end;
+    * with the "box"/"box+mask" strategies the classic engine, where it
+      loses the object, either flips to the surrounding tissue (lung2 above
+      the tumour: the box fills with air, mean windowed intensity 0.5 ->
+      0.05) or spreads into neighbours (IoU < 0.2, area x2-3):
+      ``stop_intensity_change=0.2`` and the IoU / area rules end the run
+      there; with the oracle (which never leaks) none of them fires before
+      the object's true end.  The classic default "track" returns an empty
+      mask where the object ends (``max_empty`` ends the run); above the
+      lung2 tumour ``stop_min_iou`` ends it one slice after the truth;
     * ``max_empty=1``: on both volumes the object never vanishes for a slice
       and comes back; a 2nd try with MedSAM's anchor-box fallback only
       re-found neighbouring tissue;
@@ -83,7 +92,9 @@ class PropagationSettings:
     ----------
     strategy : str, optional
         ``"box"``, ``"points"``, ``"mask"`` or a ``+`` combination such as
-        ``"box+mask"``; None uses the family default
+        ``"box+mask"``; or ``"track"``, the model's own step
+        (``model.propagate_step(embedding, prev_mask, prev_stats)``, the
+        classic engine); None uses the family default
         (:data:`DEFAULT_STRATEGIES`).  A mask prompt is always sent with one
         point at the mask's deepest pixel unless a box or points go with it,
         because SAM-style decoders need a sparse prompt.
@@ -260,10 +271,16 @@ def default_strategy(model) -> str:
 
 def _parse_strategy(strategy: str, model) -> set:
     parts = {p.strip().lower() for p in str(strategy).replace(",", "+").split("+") if p.strip()}
+    fam = getattr(model, "family", "model") or "model"
+    if parts & set(_OWN):
+        if len(parts) > 1:
+            raise SamlabError(f"propagation strategy {strategy!r}: 'track' is a strategy of its own, not combined with box, points or mask")
+        if not callable(getattr(model, "propagate_step", None)):
+            raise SamlabError(f"{fam} has no propagation step of its own: propagate with strategy 'box', 'points' or 'mask'")
+        return parts
     bad = parts - set(_PARTS)
     if bad or not parts:
-        raise SamlabError(f"unknown propagation strategy {strategy!r}: use box, points, mask or a combination like box+mask")
-    fam = getattr(model, "family", "model") or "model"
+        raise SamlabError(f"unknown propagation strategy {strategy!r}: use box, points, mask, a combination like box+mask, or track (classic)")
     if "box" in parts and not getattr(model, "supports_boxes", True):
         raise SamlabError(f"{fam} does not take boxes: propagate with strategy 'points'")
     if "points" in parts and not getattr(model, "supports_points", True):
@@ -304,6 +321,7 @@ class _Run:
         self.fallback_box = fallback_box
         self.fallback_points = fallback_points
         self.ref_mean = None  # mean windowed intensity inside ``ref``
+        self.stats = None  # the model's own description of ``ref`` ("track" strategy)
         self.max_area = int(mask.sum()) if mask is not None else 0
         self.empty_run = []  # consecutive empty slices kept so far
         self.last_kept = spec.start
@@ -334,6 +352,8 @@ class _Engine:
         self.cancelled = False
         self.shape2d = volume.shape[1:3]
         self._range = None
+        self.track = bool(self.parts & set(_OWN))
+        self.anchor_stats = {}
 
     # -- helpers ------------------------------------------------------
     def write(self, z: int, mask: np.ndarray) -> np.ndarray:
@@ -389,6 +409,7 @@ class _Engine:
         if isinstance(anchor, Prompt):
             pred = self.segment(z, anchor)
             mask, score, logits = self._clean(pred.mask), float(pred.score), pred.low_res_logits
+            self.anchor_stats[z] = (pred.extra or {}).get("stats")
             fb_box = tuple(int(round(v)) for v in anchor.box) if anchor.box is not None else None
             pos = [tuple(pt) for pt, lab in zip(anchor.points or [], anchor.point_labels or [1] * len(anchor.points or []))
                    if int(lab) == 1]
@@ -481,10 +502,18 @@ class _Engine:
                         if zz in self.records:
                             self.records[zz].flags.add("seam")
             return self.stop(run, "anchor", z)
-        prompt = self.next_prompt(run)
-        if prompt is None:
-            return self.stop(run, "empty", z, 0.0)
-        pred = self.segment(z, prompt)
+        if self.track:
+            # the model's own step: the last non-empty mask and what it looked like
+            prior = run.prev if run.prev is not None and run.prev.any() else run.ref
+            if prior is None or not prior.any():
+                return self.stop(run, "empty", z, 0.0)
+            self.p.set_image(self.volume[z], window=self.win)
+            pred = self.model.propagate_step(self.p.embedding, prior, run.stats)
+        else:
+            prompt = self.next_prompt(run)
+            if prompt is None:
+                return self.stop(run, "empty", z, 0.0)
+            pred = self.segment(z, prompt)
         mask = self._clean(pred.mask)
         score = float(pred.score)
         area = int(mask.sum())
@@ -533,6 +562,7 @@ class _Engine:
         run.ref_mean = mean
         run.max_area = max(run.max_area, int(written.sum()))
         run.prev = run.ref = written
+        run.stats = (pred.extra or {}).get("stats") if np.array_equal(written, mask) else None
         run.logits = pred.low_res_logits if pred.low_res_logits is not None else _mask_logits(self.model, written)
         run.cur = run.last_kept = z
         return None
@@ -731,6 +761,7 @@ def _start_runs(eng: _Engine, anchors: dict, specs, write: set):
             continue
         mask, logits, fb_box, fb_pts = state[sp.start]
         run = _Run(sp, mask, logits, fb_box, fb_pts)
+        run.stats = eng.anchor_stats.get(sp.start)
         run.ref_mean = eng.mean_intensity(sp.start, mask)
         if sp.start in eng.records and eng.records[sp.start].intensity is None:
             eng.records[sp.start].intensity = run.ref_mean
