@@ -147,3 +147,26 @@ def test_dicom_series_opens_and_labels_save_as_dicom_seg(make_napari_viewer, tmp
     from napari_samlab.io.readers import read_image
 
     np.testing.assert_array_equal(read_dicom_seg(out, read_image(series)), labels)
+
+
+def test_quickstart_gui_docks_widgets_and_loads_ct(qtbot, monkeypatch, artifacts):
+    """The README's main command with a display (napari.run is the only thing skipped)."""
+    import napari
+
+    from napari_samlab import demo
+
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    assert demo.run_gui() == 0
+    viewer = napari.current_viewer()
+    try:
+        names = [layer.name for layer in viewer.layers]
+        assert names[:2] == ["CT chest", "lung tumour (truth)"]
+        docked = set(viewer.window.dock_widgets)
+        assert any("Model" in d for d in docked) and any("Segment" in d for d in docked), docked
+        # the slider sits on the demo's tumour slice
+        z_world = viewer.dims.point[0]
+        assert round(viewer.layers[0].world_to_data((z_world, 0, 0))[0]) == demo.DEMO_SLICE
+        shot = viewer.screenshot(canvas_only=False)
+        assert len(np.unique(shot.reshape(-1, shot.shape[-1]), axis=0)) > 20
+    finally:
+        viewer.close()
