@@ -66,6 +66,9 @@ class SegmentationModel(abc.ABC):
     num_classes: int = 1
     image_size: int = 0
     device: str = "cpu"
+    # "torch" (upstream arithmetic, the default) or an accelerated backend of
+    # models/accel.py; set by load_model(encoder_backend=...)
+    encoder_backend: str = "torch"
 
     @abc.abstractmethod
     def fingerprint(self) -> str:
@@ -80,6 +83,26 @@ class SegmentationModel(abc.ABC):
         from ..predict.windowing import default_auto_window
 
         return default_auto_window(image, self.family, modality)
+
+    def run_encoder(self, encoder, x):
+        """Run the family's image encoder on a ready input tensor.
+
+        With ``encoder_backend="torch"`` (the default) this is
+        ``encoder(x)``, bit for bit the upstream computation.  Other backends
+        (ONNX Runtime, OpenVINO) export the encoder once per weights and input
+        shape, cache it on disk and run that instead: faster on CPU, but only
+        equal to fp32 PyTorch within rounding, hence opt-in.
+        """
+        if self.encoder_backend == "torch" or self.device != "cpu":
+            return encoder(x)
+        accel = getattr(self, "_accelerated", None)
+        if accel is None or accel.input_shape != tuple(x.shape):
+            from .accel import accelerated_encoder
+
+            accel = accelerated_encoder(encoder, tuple(x.shape), backend=self.encoder_backend,
+                                        weights_key=self.fingerprint())
+            self._accelerated = accel
+        return accel(x)
 
     @abc.abstractmethod
     def encode(self, image: np.ndarray) -> dict:

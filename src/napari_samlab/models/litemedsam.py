@@ -139,7 +139,7 @@ class LiteMedSAMModel(SamFamilyModel):
         img = np.pad(img, ((0, s - newh), (0, s - neww), (0, 0)))
         with torch.inference_mode():
             x = torch.tensor(img).float().permute(2, 0, 1).unsqueeze(0).to(self.device)
-            feats = self.net.image_encoder(x)
+            feats = self.run_encoder(self.net.image_encoder, x)
         return {"features": feats.float().cpu().numpy(), "original_size": np.array([h, w]),
                 "input_size": np.array([newh, neww])}
 

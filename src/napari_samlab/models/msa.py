@@ -612,7 +612,7 @@ class MsaModel(SegmentationModel):
         h, w = arr.shape[:2]
         x = self.preprocess(arr).to(self.device)
         with torch.no_grad():
-            emb = self.net.image_encoder(x)
+            emb = self.run_encoder(self.net.image_encoder, x)
         return {"image_embedding": emb.float().cpu().numpy(), "original_size": np.array([h, w], dtype=np.int64)}
 
     def point_coords(self, points: Sequence, shape: tuple) -> np.ndarray:

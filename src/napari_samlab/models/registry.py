@@ -225,8 +225,12 @@ def _check_compatible(name: str, info: FamilyInfo, family: Optional[str]) -> str
     raise SamlabError(f"{name} is {_what_file_is(info)}, not {_PRETTY.get(family, family)}: use {suggestion}")
 
 
+ENCODER_BACKENDS = ("torch", "auto", "openvino", "onnxruntime", "openvino-int8", "onnxruntime-int8")
+
+
 def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optional[str] = None,
-               base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu") -> SegmentationModel:
+               base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu",
+               encoder_backend: Optional[str] = None) -> SegmentationModel:
     """Build a segmentation engine from a checkpoint (or the classic engine).
 
     Parameters
@@ -241,6 +245,12 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         The original SAM weights that SAMed's LoRA file builds on.
     device : str
         ``"cpu"`` or ``"cuda"``.
+    encoder_backend : str, optional
+        ``"torch"`` (default; exactly the upstream arithmetic), ``"auto"``
+        (fastest backend whose output matches fp32 PyTorch within 1e-3
+        relative), ``"openvino"``, ``"onnxruntime"``, or the approximate
+        ``"openvino-int8"`` / ``"onnxruntime-int8"``.  Default: the
+        ``SAMLAB_ENCODER_BACKEND`` environment variable, else ``"torch"``.
 
     Returns
     -------
@@ -257,15 +267,18 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
     >>> model = load_model("medsam_vit_b.pth", family="medsam")   # doctest: +SKIP
     >>> model = load_model(family="classic")                      # doctest: +SKIP
     """
+    family = normalize_family(family)
+    if checkpoint is None and family in (None, "classic"):
+        from .classic import ClassicModel  # no torch needed
+
+        return ClassicModel()
     from .sam_family import check_device
 
-    family = normalize_family(family)
     device = check_device(device)
+    backend = encoder_backend or os.environ.get("SAMLAB_ENCODER_BACKEND", "torch")
+    if backend not in ENCODER_BACKENDS:
+        raise SamlabError(f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}")
     if checkpoint is None:
-        if family in (None, "classic"):
-            from .classic import ClassicModel
-
-            return ClassicModel()
         names = {"medsam": "medsam_vit_b.pth", "litemedsam": "lite_medsam.pth", "sam": "sam_vit_b_01ec64.pth",
                  "samed": "the SAMed LoRA .pth", "msa": "the MSA .pth"}
         raise SamlabError(f"--model {family} needs its weights: pass --checkpoint {names.get(family, 'FILE')}")
@@ -273,7 +286,9 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    return model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device)
+    model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device)
+    model.encoder_backend = backend
+    return model
 
 
 def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: str = "the checkpoint",

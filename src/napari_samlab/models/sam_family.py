@@ -30,6 +30,7 @@ unchanged too.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from functools import partial
 from typing import Optional
 
@@ -366,22 +367,61 @@ class SamFamilyModel(SegmentationModel):
         with torch.inference_mode():
             # get_dense_pe recomputes a 64×64 Fourier encoding on every call upstream
             self._dense_pe = self.net.prompt_encoder.get_dense_pe().clone()
+        # lean re-execution of the same prompt encoder + mask decoder (see fast_decoder.py);
+        # None when the decoder is not segment_anything's standard one
+        from .fast_decoder import fast_decoder_for
+
+        self._fast = fast_decoder_for(self.net.prompt_encoder, self.net.mask_decoder, self._dense_pe)
+        self._feat_memo = None
 
     def fingerprint(self) -> str:
         return self._fingerprint
 
     # -- helpers ---------------------------------------------------------
     def _features(self, embedding: dict) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(embedding["features"], dtype=np.float32)).to(self.device)
+        arr = embedding["features"]
+        memo = self._feat_memo
+        if memo is not None and memo[0]() is arr:
+            return memo[1]
+        feats = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device)
+        try:
+            self._feat_memo = (weakref.ref(arr), feats)
+        except TypeError:
+            pass
+        return feats
+
+    def _embedding_key(self, features):
+        """The embedding array ``features`` was made from (per-embedding decoder cache key)."""
+        memo = self._feat_memo
+        if memo is not None and memo[1] is features:
+            return memo[0]()
+        return None
 
     def _run_decoder(self, features, points=None, boxes=None, masks=None, multimask=False):
         """prompt_encoder + mask_decoder; returns (low_res_logits (1,C,h,w), iou (1,C))."""
+        if self._fast is not None and features.shape[0] == 1:
+            r = self._fast.decode(features, points, boxes, masks, multimask, select_best=False,
+                                  key_obj=self._embedding_key(features))
+            return r.low_res, r.iou
         pe = self.net.prompt_encoder
         sparse, dense = pe(points=points, boxes=boxes, masks=masks)
         return self.net.mask_decoder(
             image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=multimask,
         )
+
+    def _decode_best(self, features, points=None, boxes=None, masks=None, multimask=False):
+        """Only the returned mask: (low_res_logits (1,1,h,w), iou (1,C), index of the mask in iou).
+
+        With ``multimask`` the output with the highest predicted IoU (SamPredictor users' choice).
+        """
+        if self._fast is not None and features.shape[0] == 1:
+            r = self._fast.decode(features, points, boxes, masks, multimask, select_best=True,
+                                  key_obj=self._embedding_key(features))
+            return r.low_res, r.iou, r.index
+        low_res, iou = self._run_decoder(features, points, boxes, masks, multimask)
+        k = int(torch.argmax(iou[0])) if multimask else 0
+        return low_res[:, k:k + 1], iou, k
 
     @staticmethod
     def _sizes(embedding: dict):
@@ -427,7 +467,7 @@ class SamModel(SamFamilyModel):
         resized = self.transform.apply_image(img)  # PIL bilinear, as SamPredictor.set_image
         with torch.inference_mode():
             x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-            feats = self.net.image_encoder(self.net.preprocess(x))
+            feats = self.run_encoder(self.net.image_encoder, self.net.preprocess(x))
         return {
             "features": feats.float().cpu().numpy(),
             "original_size": np.array([h, w]),
@@ -453,12 +493,11 @@ class SamModel(SamFamilyModel):
                 masks = torch.as_tensor(m.reshape(1, 1, *m.shape[-2:]), device=self.device)
             lone_point = points is not None and points[0].shape[1] == 1 and boxes is None and masks is None
             multimask = bool(prompt.multimask) or lone_point
-            low_res, iou = self._run_decoder(self._features(embedding), points, boxes, masks, multimask)
-            k = int(torch.argmax(iou[0])) if multimask else 0
-            logits = low_res[:, k:k + 1]
+            logits, iou, k = self._decode_best(self._features(embedding), points, boxes, masks, multimask)
             # Sam.postprocess_masks, for the chosen mask only
             up = F.interpolate(logits, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            up = up[..., :ih, :iw]
+            if (ih, iw) != (self.image_size, self.image_size):
+                up = up[..., :ih, :iw]
             up = F.interpolate(up, (h, w), mode="bilinear", align_corners=False)
             mask = (up[0, 0] > self.mask_threshold).cpu().numpy()
             score = float(iou[0, k])
@@ -496,7 +535,7 @@ class MedSAMModel(SamFamilyModel):
         img = (img - img.min()) / np.clip(img.max() - img.min(), a_min=1e-8, a_max=None)
         with torch.inference_mode():
             x = torch.tensor(img).float().permute(2, 0, 1).unsqueeze(0).to(self.device)
-            feats = self.net.image_encoder(x)
+            feats = self.run_encoder(self.net.image_encoder, x)
         return {"features": feats.float().cpu().numpy(), "original_size": np.array([h, w])}
 
     def decode(self, embedding: dict, prompt: Prompt) -> Prediction:
@@ -507,7 +546,7 @@ class MedSAMModel(SamFamilyModel):
         box_1024 = np.asarray(prompt.box, dtype=np.float64).reshape(1, 4) / np.array([w, h, w, h]) * s
         with torch.inference_mode():
             box_t = torch.as_tensor(box_1024, dtype=torch.float, device=self.device)[:, None, :]
-            low_res, iou = self._run_decoder(self._features(embedding), None, box_t, None, False)
+            low_res, iou, _ = self._decode_best(self._features(embedding), None, box_t, None, False)
             prob = torch.sigmoid(low_res)
             prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
             mask = (prob[0, 0] > 0.5).cpu().numpy()

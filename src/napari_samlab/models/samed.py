@@ -511,7 +511,7 @@ class SamedModel(SegmentationModel):
         t = torch.from_numpy(x)[None, None].repeat(1, 3, 1, 1).to(self.device)
         with torch.no_grad():
             # Sam.preprocess with mean 0 / std 1 and no padding at 512 leaves the input as it is
-            emb = self.sam.image_encoder(t)
+            emb = self.run_encoder(self.sam.image_encoder, t)
         return {"image_embedding": emb.float().cpu().numpy(), "original_size": np.array([h, w], dtype=np.int64)}
 
     def class_logits(self, embedding: dict):

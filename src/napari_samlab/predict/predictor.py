@@ -101,7 +101,12 @@ class SlicePredictor:
             raise SamlabError(f"set_image needs one 2D slice (y, x) or (y, x, C), got an array of shape {image.shape}: "
                               "pass volume[z] for a volume")
         win = resolve_window(window, image, self.model, modality)
-        key = embedding_key(image, _window_key(win), self.model.fingerprint())
+        # an accelerated encoder gives (slightly) different embeddings: own keys
+        model_key = self.model.fingerprint()
+        backend = getattr(self.model, "encoder_backend", "torch")
+        if backend != "torch":
+            model_key += f"+{backend}"
+        key = embedding_key(image, _window_key(win), model_key)
         emb = self._memory.get(key)
         if emb is not None:
             self.memory_hits += 1

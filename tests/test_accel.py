@@ -1,0 +1,209 @@
+"""Accelerated image-encoder backends agree with PyTorch and cache their exports.
+
+A small SAM ViT (256 px, width 96, depth 2, one global-attention block)
+keeps every export to a few seconds.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from napari_samlab.models import accel
+from napari_samlab.models.accel import accelerated_encoder, backend_available
+
+SHAPE = (1, 3, 256, 256)
+EXPORT_BACKENDS = [b for b in ("onnxruntime", "openvino") if backend_available(b)]
+
+
+def small_vit(seed: int = 0):
+    from segment_anything.modeling import ImageEncoderViT
+
+    torch.manual_seed(seed)
+    enc = ImageEncoderViT(
+        img_size=256, patch_size=16, embed_dim=96, depth=2, num_heads=2, mlp_ratio=4.0, out_chans=32,
+        qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+        global_attn_indexes=(1,), window_size=7,
+    )
+    # random rel-pos tables (zeros at init would hide a wrong relative-position export)
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.normal_(0, 0.5)
+    return enc.eval()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return small_vit()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.rand(SHAPE, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def reference(encoder, image):
+    with torch.no_grad():
+        return encoder(image)
+
+
+def test_torch_backend_is_the_module(encoder, image, reference):
+    f = accelerated_encoder(encoder, SHAPE, backend="torch", weights_key="w0")
+    out = f(image.numpy())  # numpy in, torch out
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    assert torch.equal(out, reference)
+    assert f.backend == "torch" and f.exact and f.cache_path is None
+
+
+@pytest.mark.parametrize("backend", EXPORT_BACKENDS)
+def test_export_matches_torch_and_is_cached(backend, encoder, image, reference, tmp_path):
+    f = accelerated_encoder(encoder, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="w0")
+    assert f.exported and f.backend == backend and f.exact
+    out = f(image)
+    assert out.shape == reference.shape
+    # fp32 all the way: only float re-association differs
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max()))
+    assert f.verify_error is not None and f.verify_error < 1e-4
+
+    # a second construction (as in a new process) loads the file, no export
+    g = accelerated_encoder(encoder, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="w0")
+    assert not g.exported and g.cache_path == f.cache_path
+    assert torch.equal(g(image), out)
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 1
+
+
+# the cache key is built the same way for every backend: one backend suffices
+@pytest.mark.parametrize("backend", EXPORT_BACKENDS[:1])
+def test_cache_invalidated_when_weights_change(backend, image, tmp_path):
+    a = small_vit(seed=0)
+    fa = accelerated_encoder(a, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="model-a")
+    b = small_vit(seed=1)
+    # same weights_key on purpose: the module's own weight hash must still tell them apart
+    fb = accelerated_encoder(b, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="model-a")
+    assert fb.exported and fb.cache_path != fa.cache_path
+    with torch.no_grad():
+        ref_b = b(image)
+    assert torch.allclose(fb(image), ref_b, rtol=1e-4, atol=1e-4 * float(ref_b.abs().max()))
+    # a different key with the same weights is a different entry too
+    fk = accelerated_encoder(a, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="model-a-v2")
+    assert fk.exported and fk.cache_path not in (fa.cache_path, fb.cache_path)
+    # and a different shape
+    with pytest.raises(ValueError, match="shape"):
+        fa(torch.zeros(1, 3, 128, 128))
+
+
+CORRUPTIONS = [("onnxruntime", "truncate"), ("onnxruntime", "delete_meta"), ("openvino", "flip")]
+
+
+@pytest.mark.parametrize("backend,damage", [c for c in CORRUPTIONS if c[0] in EXPORT_BACKENDS])
+def test_corrupt_cache_is_rebuilt(backend, damage, encoder, image, reference, tmp_path):
+    f = accelerated_encoder(encoder, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="w0")
+    meta_file = f.cache_path / "meta.json"
+    biggest = max((p for p in f.cache_path.iterdir() if p.name != "meta.json"), key=lambda p: p.stat().st_size)
+    data = biggest.read_bytes()
+    if damage == "truncate":
+        biggest.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":  # same size, one weight byte changed: only the hash sees it
+        pos = len(data) // 2
+        biggest.write_bytes(data[:pos] + bytes([data[pos] ^ 0xFF]) + data[pos + 1:])
+    else:
+        meta_file.unlink()
+    g = accelerated_encoder(encoder, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="w0")
+    assert g.exported
+    assert torch.allclose(g(image), reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max()))
+    h = accelerated_encoder(encoder, SHAPE, backend=backend, cache_dir=tmp_path, weights_key="w0")
+    assert not h.exported
+
+
+def test_auto_picks_an_exact_export_backend(encoder, image, reference, tmp_path):
+    f = accelerated_encoder(encoder, SHAPE, backend="auto", cache_dir=tmp_path, weights_key="w0")
+    expected = EXPORT_BACKENDS[0] if EXPORT_BACKENDS else "torch"
+    if "openvino" in EXPORT_BACKENDS:
+        expected = "openvino"
+    assert f.backend == expected and f.exact
+    assert torch.allclose(f(image), reference, rtol=1e-4, atol=1e-4 * float(reference.abs().max()))
+
+
+def test_auto_falls_back_to_torch_when_exports_fail(encoder, image, reference, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(accel, "_build_entry", broken)
+    f = accelerated_encoder(encoder, SHAPE, backend="auto", cache_dir=tmp_path, weights_key="w0")
+    assert f.backend == "torch"
+    assert torch.equal(f(image), reference)
+    if EXPORT_BACKENDS:  # asked for by name, the failure is not hidden
+        with pytest.raises(RuntimeError, match="exploded"):
+            accelerated_encoder(encoder, SHAPE, backend=EXPORT_BACKENDS[0], cache_dir=tmp_path, weights_key="w0")
+
+
+def test_auto_refuses_an_inexact_export(encoder, image, reference, tmp_path, monkeypatch):
+    real = accel._load_runner
+
+    def off_by_a_lot(*args, **kwargs):
+        run = real(*args, **kwargs)
+        return lambda x: run(x) * 1.01  # 1% off: not exact
+
+    monkeypatch.setattr(accel, "_load_runner", off_by_a_lot)
+    f = accelerated_encoder(encoder, SHAPE, backend="auto", cache_dir=tmp_path, weights_key="w0")
+    assert f.backend == "torch"
+
+
+def test_cache_dir_from_environment(encoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path / "env"))
+    assert accel.default_cache_dir() == tmp_path / "env" / "encoders"
+    if EXPORT_BACKENDS:
+        f = accelerated_encoder(encoder, SHAPE, backend=EXPORT_BACKENDS[0], weights_key="w0", verify=False)
+        assert f.cache_path.parent == tmp_path / "env" / "encoders"
+
+
+def test_bad_arguments(encoder):
+    with pytest.raises(ValueError, match="unknown encoder backend"):
+        accelerated_encoder(encoder, SHAPE, backend="tensorrt", weights_key="w0")
+    with pytest.raises(ValueError, match="input_shape"):
+        accelerated_encoder(encoder, (3, 256, 256), weights_key="w0")
+
+
+@pytest.mark.skipif(not backend_available("onnxruntime-int8"), reason="onnxruntime not installed")
+def test_int8_is_opt_in_and_close(encoder, image, reference, tmp_path):
+    f = accelerated_encoder(encoder, SHAPE, backend="onnxruntime-int8", cache_dir=tmp_path, weights_key="w0")
+    assert not f.exact
+    a, b = f(image).numpy().ravel(), reference.numpy().ravel()
+    cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    assert 0.98 < cos < 1.0
+
+
+def test_physical_cores_positive():
+    assert 1 <= accel.physical_cores() <= (torch.get_num_threads() + 64)
+
+
+@pytest.mark.skipif(not EXPORT_BACKENDS, reason="no export backend installed")
+def test_load_model_encoder_backend_is_opt_in(tmp_path, monkeypatch):
+    """Default stays upstream torch; an accelerated backend agrees and gets its own cache keys."""
+    import checkpoint_factory as factory
+
+    from napari_samlab import SlicePredictor, load_model
+    from napari_samlab.errors import SamlabError
+
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = factory.save(factory.litemedsam_state_dict(seed=5), tmp_path / "lite.pth")
+    plain = load_model(ckpt, family="litemedsam")
+    fast = load_model(ckpt, family="litemedsam", encoder_backend=EXPORT_BACKENDS[0])
+    assert plain.encoder_backend == "torch" and fast.encoder_backend == EXPORT_BACKENDS[0]
+    img = (np.random.default_rng(0).random((120, 150)) * 255).astype(np.uint8)
+    img[40:80, 50:110] = 220
+    box = (45, 35, 115, 85)
+    p_plain, p_fast = SlicePredictor(plain), SlicePredictor(fast)
+    p_plain.set_image(img, window="none")
+    p_fast.set_image(img, window="none")
+    m0, _ = p_plain.predict(box=box)
+    m1, _ = p_fast.predict(box=box)
+    inter, union = np.logical_and(m0, m1).sum(), np.logical_or(m0, m1).sum()
+    assert union == 0 or inter / union > 0.99
+    assert p_plain.key != p_fast.key
+    with pytest.raises(SamlabError, match="encoder backend"):
+        load_model(ckpt, family="litemedsam", encoder_backend="tensorrt")
