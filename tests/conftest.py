@@ -11,6 +11,12 @@ from pathlib import Path
 if not os.environ.get("SAMLAB_ALLOW_TRITON"):
     sys.modules.setdefault("triton", None)
 
+# exported encoders and embeddings go to a throw-away cache, not ~/.cache
+if "SAMLAB_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["SAMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="samlab-test-cache-")
+
 import numpy as np
 import pytest
 

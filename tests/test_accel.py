@@ -182,8 +182,8 @@ def test_physical_cores_positive():
 
 
 @pytest.mark.skipif(not EXPORT_BACKENDS, reason="no export backend installed")
-def test_load_model_encoder_backend_is_opt_in(tmp_path, monkeypatch):
-    """Default stays upstream torch; an accelerated backend agrees and gets its own cache keys."""
+def test_load_model_encoder_backend_choice(tmp_path, monkeypatch):
+    """Exported encoders by default where faithful; torch on request; own cache keys."""
     import checkpoint_factory as factory
 
     from napari_samlab import SlicePredictor, load_model
@@ -191,9 +191,13 @@ def test_load_model_encoder_backend_is_opt_in(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = factory.save(factory.litemedsam_state_dict(seed=5), tmp_path / "lite.pth")
-    plain = load_model(ckpt, family="litemedsam")
+    monkeypatch.delenv("SAMLAB_ENCODER_BACKEND", raising=False)
+    assert load_model(ckpt, family="litemedsam").encoder_backend == "auto"
+    monkeypatch.setenv("SAMLAB_ENCODER_BACKEND", "torch")
+    assert load_model(ckpt, family="litemedsam").encoder_backend == "torch"
+    plain = load_model(ckpt, family="litemedsam", encoder_backend="torch")
     fast = load_model(ckpt, family="litemedsam", encoder_backend=EXPORT_BACKENDS[0])
-    assert plain.encoder_backend == "torch" and fast.encoder_backend == EXPORT_BACKENDS[0]
+    assert fast.encoder_backend == EXPORT_BACKENDS[0]
     img = (np.random.default_rng(0).random((120, 150)) * 255).astype(np.uint8)
     img[40:80, 50:110] = 220
     box = (45, 35, 115, 85)

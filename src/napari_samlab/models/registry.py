@@ -226,6 +226,10 @@ def _check_compatible(name: str, info: FamilyInfo, family: Optional[str]) -> str
 
 
 ENCODER_BACKENDS = ("torch", "auto", "openvino", "onnxruntime", "openvino-int8", "onnxruntime-int8")
+# Families whose faithfulness tests pass with an exported fp32 encoder (run
+# both ways in tests/test_sam_medsam.py and tests/test_litemedsam.py): they
+# get the fastest exact backend by default; the others keep upstream torch.
+FAST_ENCODER_FAMILIES = ("sam", "medsam", "litemedsam")
 
 
 def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optional[str] = None,
@@ -246,11 +250,12 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
     device : str
         ``"cpu"`` or ``"cuda"``.
     encoder_backend : str, optional
-        ``"torch"`` (default; exactly the upstream arithmetic), ``"auto"``
-        (fastest backend whose output matches fp32 PyTorch within 1e-3
-        relative), ``"openvino"``, ``"onnxruntime"``, or the approximate
+        ``"torch"`` (upstream PyTorch), ``"auto"`` (fastest exported fp32
+        backend whose output matches PyTorch within 1e-3 relative, else
+        torch), ``"openvino"``, ``"onnxruntime"``, or the approximate
         ``"openvino-int8"`` / ``"onnxruntime-int8"``.  Default: the
-        ``SAMLAB_ENCODER_BACKEND`` environment variable, else ``"torch"``.
+        ``SAMLAB_ENCODER_BACKEND`` environment variable, else ``"auto"`` for
+        SAM, MedSAM and LiteMedSAM on CPU and ``"torch"`` for the others.
 
     Returns
     -------
@@ -275,8 +280,8 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
     from .sam_family import check_device
 
     device = check_device(device)
-    backend = encoder_backend or os.environ.get("SAMLAB_ENCODER_BACKEND", "torch")
-    if backend not in ENCODER_BACKENDS:
+    backend = encoder_backend or os.environ.get("SAMLAB_ENCODER_BACKEND") or None
+    if backend is not None and backend not in ENCODER_BACKENDS:
         raise SamlabError(f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}")
     if checkpoint is None:
         names = {"medsam": "medsam_vit_b.pth", "litemedsam": "lite_medsam.pth", "sam": "sam_vit_b_01ec64.pth",
@@ -287,7 +292,7 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
     model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device)
-    model.encoder_backend = backend
+    model.encoder_backend = backend or ("auto" if model.family in FAST_ENCODER_FAMILIES else "torch")
     return model
 
 
