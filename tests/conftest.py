@@ -49,3 +49,16 @@ def dice(a, b) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+def _fast_backends():
+    from napari_samlab.models.accel import backend_available
+
+    return [b for b in ("openvino", "onnxruntime") if backend_available(b)][:1]
+
+
+@pytest.fixture(params=["torch", *_fast_backends()])
+def each_encoder_backend(request, monkeypatch):
+    """Run a test with upstream torch and with the fastest exported encoder."""
+    monkeypatch.setenv("SAMLAB_ENCODER_BACKEND", request.param)
+    return request.param

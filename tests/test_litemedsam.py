@@ -63,14 +63,7 @@ def lite_decode_reference(net, emb, new_size, original_size, box):
 
 # Every test here runs twice: with the upstream PyTorch encoder and with the
 # fastest exported one (issue 6: the fast path must keep masks identical).
-_FAST = [b for b in ("openvino", "onnxruntime") if __import__("napari_samlab.models.accel", fromlist=["x"]).backend_available(b)][:1]
-
-
-@pytest.fixture(autouse=True, params=["torch", *_FAST])
-def encoder_backend(request, monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("SAMLAB_ENCODER_BACKEND", request.param)
-    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "encoder-cache"))
-    return request.param
+pytestmark = pytest.mark.usefixtures("each_encoder_backend")
 
 
 @pytest.fixture(scope="module")

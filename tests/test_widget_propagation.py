@@ -308,9 +308,8 @@ def test_background_prefetch(make_napari_viewer, qtbot, crop):
 
     # moving to a slice while reviewing encodes around it once the user is idle
     seg.set_slice(50)
-    qtbot.waitUntil(lambda: panel.prefetching, timeout=10000)
-    qtbot.waitUntil(lambda: not panel.prefetching, timeout=60000)
-    assert panel.prefetched == [50, 49, 51, 48]
+    # (wait for the outcome: a short prefetch may start and end between two polls)
+    qtbot.waitUntil(lambda: panel.prefetched == [50, 49, 51, 48] and not panel.prefetching, timeout=60000)
     calls = predictor.encoder_calls
     seg.set_slice(51)
     seg.set_box(*CBOX)

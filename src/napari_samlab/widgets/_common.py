@@ -80,3 +80,21 @@ def wait_until(done: Callable[[], bool], timeout: float) -> bool:
         QCoreApplication.processEvents(QEventLoop.AllEvents, 20)
         time.sleep(0.002)
     return True
+
+
+def progress_and_cancel(tooltip: str, on_cancel: Callable[[], None]):
+    """A slim progress bar and a disabled Cancel button wired to ``on_cancel``.
+
+    Returns ``(progress, cancel_button)`` for a panel to lay out.
+    """
+    from qtpy.QtWidgets import QProgressBar, QPushButton
+
+    progress = QProgressBar()
+    progress.setRange(0, 1)
+    progress.setValue(0)
+    progress.setMaximumHeight(14)
+    cancel = QPushButton("Cancel")
+    cancel.setEnabled(False)
+    cancel.setToolTip(tooltip)
+    cancel.clicked.connect(on_cancel)
+    return progress, cancel

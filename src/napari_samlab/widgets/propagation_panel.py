@@ -34,7 +34,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView, QCheckBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-    QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
+    QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
 )
 
 from ..errors import SamlabError
@@ -42,7 +42,7 @@ from ..propagate import (
     FLAGS, PropagationResult, PropagationSettings, interpolate_slices, next_slices_to_encode,
     propagate_volume, repropagate,
 )
-from ._common import wait_until
+from ._common import progress_and_cancel, wait_until
 from ._plane import layer_array, spatial_shape
 
 FLAG_COLOR = QColor(255, 205, 195)
@@ -167,14 +167,8 @@ class PropagationPanel(QGroupBox):
             row.addWidget(b)
         lay.addLayout(row)
         row = QHBoxLayout()
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setMaximumHeight(14)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("stop propagating after the current slice (what is done is kept)")
-        self.cancel_button.clicked.connect(lambda: self._guard(self.cancel, "cancelling"))
+        self.progress, self.cancel_button = progress_and_cancel(
+            "stop propagating after the current slice (what is done is kept)", lambda: self._guard(self.cancel, "cancelling"))
         self.prefetch_check = QCheckBox("prefetch")
         self.prefetch_check.setChecked(True)
         self.prefetch_check.setToolTip("while you review a propagation, encode the slices next in line in the background")

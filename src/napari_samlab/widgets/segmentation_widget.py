@@ -28,14 +28,14 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView, QCheckBox, QColorDialog, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox,
-    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
+    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton, QSpinBox,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from ..errors import SamlabError
 from ..models.base import Prompt
 from ..predict.windowing import PRESET_NAMES, resolve_window
-from ._common import Notifier, wait_until
+from ._common import Notifier, progress_and_cancel, wait_until
 from ._plane import (
     Plane, box_on_plane, current_plane, displayed_order_for, layer_array, spatial_shape, to_image_data,
 )
@@ -288,14 +288,8 @@ class SegmentationWidget(QWidget):
         row.addWidget(self.encode_button)
         pl.addLayout(row)
         row = QHBoxLayout()
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setMaximumHeight(14)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.setToolTip("stop encoding after the current slice")
-        self.cancel_button.clicked.connect(lambda: self._guard(self.cancel, "cancelling"))
+        self.progress, self.cancel_button = progress_and_cancel(
+            "stop encoding after the current slice", lambda: self._guard(self.cancel, "cancelling"))
         row.addWidget(self.progress)
         row.addWidget(self.cancel_button)
         pl.addLayout(row)
