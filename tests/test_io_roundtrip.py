@@ -225,3 +225,11 @@ def test_truncated_gzip_nifti_and_tiff_are_caught(tmp_path, samples):
     (tmp_path / "s_cut.tif").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(SamlabError, match="truncated|damaged"):
         read_image(tmp_path / "s_cut.tif")
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    image = Image(np.zeros((3, 4, 5), np.int16))
+    out = write_labels(np.ones((3, 4, 5), np.uint8), image, tmp_path / "l.nii.gz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -40,6 +40,10 @@ def atomic_output(path):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes 0600 files; give the result the usual umask permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
