@@ -151,28 +151,17 @@ def _load_model(args):
 
 
 def _prompt_from_args(args, shape):
+    """The prompt of --box/--point/--negative, checked against the slice before any encoding."""
     from .models.base import Prompt
+    from .predict.predictor import validate_prompt
 
-    h, w = shape[:2]
-    box = None
-    if args.box is not None:
-        x0, y0, x1, y1 = args.box
-        if x1 <= x0 or y1 <= y0:
-            raise SamlabError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is empty: give X0 < X1 and Y0 < Y1 (top-left then bottom-right corner)")
-        for v, limit, axis in ((x0, w, "x"), (x1, w, "x"), (y0, h, "y"), (y1, h, "y")):
-            if not 0 <= v <= limit - 1:
-                raise SamlabError(f"box {axis}={v:g} is outside the image (0..{limit - 1} for {axis}): check --box")
-        box = (x0, y0, x1, y1)
-    points, labels = [], []
-    for coords, lab in ((args.point, 1), (args.negative, 0)):
-        for x, y in coords:
-            if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
-                raise SamlabError(f"point ({x:g}, {y:g}) is outside the image (x 0..{w - 1}, y 0..{h - 1}): check --point/--negative")
-            points.append((x, y))
-            labels.append(lab)
-    if points and all(lab == 0 for lab in labels) and box is None:
+    points = [tuple(p) for p in args.point] + [tuple(p) for p in args.negative]
+    labels = [1] * len(args.point) + [0] * len(args.negative)
+    if points and not args.point and args.box is None:
         raise SamlabError("only negative points given: add a box or a positive --point inside the object")
-    return Prompt(box=box, points=points or None, point_labels=labels or None)
+    prompt = Prompt(box=tuple(args.box) if args.box is not None else None,
+                    points=points or None, point_labels=labels or None)
+    return validate_prompt(prompt, shape)
 
 
 def segment_image(image, model, args) -> np.ndarray:

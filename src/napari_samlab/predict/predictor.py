@@ -106,7 +106,7 @@ class SlicePredictor:
         backend = getattr(self.model, "encoder_backend", "torch")
         if backend != "torch":
             model_key += f"+{backend}"
-        key = embedding_key(image, _window_key(win), model_key)
+        key = embedding_key(image, win.key() if win is not None else "none", model_key)
         emb = self._memory.get(key)
         if emb is not None:
             self.memory_hits += 1
@@ -173,43 +173,47 @@ class SlicePredictor:
         """
         if self._embedding is None:
             raise SamlabError("no slice is set: call set_image() before predict()")
-        prompt = self._validate(prompt)
+        prompt = validate_prompt(prompt, self._shape)
         self.model.check_prompt(prompt, self._shape)
         return self.model.decode(self._embedding, prompt)
 
-    def _validate(self, prompt: Prompt) -> Prompt:
-        """Prompts inside the slice, well-formed; returns a normalised copy."""
-        h, w = self._shape
-        box, points, labels = prompt.box, prompt.points, prompt.point_labels
-        if box is not None:
-            b = np.asarray(box, dtype=np.float64).ravel()
-            if b.size != 4 or not np.all(np.isfinite(b)):
-                raise SamlabError(f"a box needs four numbers x0 y0 x1 y1, got {box!r}")
-            x0, y0, x1, y1 = b
-            if x1 < x0 or y1 < y0:
-                raise SamlabError(f"box {tuple(b.tolist())} has x1 < x0 or y1 < y0: give the top-left corner first (x0 y0 x1 y1)")
-            if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
-                raise SamlabError(f"box {tuple(b.tolist())} lies outside the {w}×{h} slice (x 0..{w - 1}, y 0..{h - 1}): "
-                                  "give coordinates inside the image")
-            box = tuple(v.item() if hasattr(v, "item") else v for v in np.asarray(box).ravel())
-        if points is not None and len(points):
-            p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            bad = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] > w - 1) | (p[:, 1] > h - 1) | ~np.isfinite(p).all(1)
-            if bad.any():
-                raise SamlabError(f"point {tuple(p[bad][0].tolist())} lies outside the {w}×{h} slice: give x 0..{w - 1}, y 0..{h - 1}")
-            labels = [1] * len(p) if labels is None else [int(v) for v in labels]
-            if len(labels) != len(p):
-                raise SamlabError(f"{len(p)} points but {len(labels)} point labels: give one label (1 object, 0 background) per point")
-            if any(v not in (0, 1) for v in labels):
-                raise SamlabError(f"point labels must be 1 (object) or 0 (background), got {labels}")
-            points = [tuple(q) for q in p.tolist()]
-        else:
-            points, labels = None, None
-        return Prompt(box, points, labels, prompt.mask_input, prompt.multimask)
 
+def validate_prompt(prompt: Prompt, shape: tuple) -> Prompt:
+    """Check that ``prompt`` is well-formed and inside a slice of ``shape``.
 
-def _window_key(win: Optional[Window]) -> str:
-    """Window.key() with numbers as floats, so Window(-160, 240) and (40, 400) share entries."""
-    if win is None:
-        return "none"
-    return f"{float(win.lo)!r}:{float(win.hi)!r}:{win.out}:{int(win.keep_zero)}"
+    Used by :class:`SlicePredictor` and by the CLI (which checks before it
+    spends time encoding).  Returns a normalised copy (plain floats, one
+    label per point, labels 1 when omitted).
+
+    Examples
+    --------
+    >>> validate_prompt(Prompt(points=[(3, 4)]), (10, 10)).point_labels
+    [1]
+    """
+    h, w = shape[:2]
+    where = f"outside the {w}×{h} slice: give x 0..{w - 1}, y 0..{h - 1}"
+    box, points, labels = prompt.box, prompt.points, prompt.point_labels
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64).ravel()
+        if b.size != 4 or not np.all(np.isfinite(b)):
+            raise SamlabError(f"a box needs four numbers x0 y0 x1 y1, got {box!r}")
+        x0, y0, x1, y1 = b
+        if x1 < x0 or y1 < y0:
+            raise SamlabError(f"box {tuple(b.tolist())} is empty (x1 < x0 or y1 < y0): give the top-left corner first (x0 y0 x1 y1)")
+        if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+            raise SamlabError(f"box {tuple(b.tolist())} is outside the image ({where})")
+        box = tuple(v.item() if hasattr(v, "item") else v for v in np.asarray(box).ravel())
+    if points is not None and len(points):
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        bad = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] > w - 1) | (p[:, 1] > h - 1) | ~np.isfinite(p).all(1)
+        if bad.any():
+            raise SamlabError(f"point {tuple(p[bad][0].tolist())} is outside the image ({where})")
+        labels = [1] * len(p) if labels is None else [int(v) for v in labels]
+        if len(labels) != len(p):
+            raise SamlabError(f"{len(p)} points but {len(labels)} point labels: give one label (1 object, 0 background) per point")
+        if any(v not in (0, 1) for v in labels):
+            raise SamlabError(f"point labels must be 1 (object) or 0 (background), got {labels}")
+        points = [tuple(q) for q in p.tolist()]
+    else:
+        points, labels = None, None
+    return Prompt(box, points, labels, prompt.mask_input, prompt.multimask)
