@@ -133,3 +133,69 @@ def test_propagate_needs_a_volume(tmp_path, samples):
     out = tmp_path / "o.png"
     res = samlab("segment", samples / "nuclei.tif", "-o", out, "--point", 100, 100, "--propagate")
     assert_clean_failure(res, str(out), "volume")
+
+
+def _one_line_failure(res, pattern):
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert pattern.lower() in err.lower(), err
+
+
+def test_cache_command_reports_and_clears(tmp_path, samples, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(root))
+    res = samlab("cache")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"embeddings: {root / 'embeddings'} (empty, not created yet)",
+                                       f"encoders: {root / 'encoders'} (empty, not created yet)"]
+    out = tmp_path / "t.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX,
+                 "--propagate", "--cache-dir", root / "embeddings")
+    assert res.returncode == 0, res.stderr
+    n = len(list((root / "embeddings").glob("*/*.zarr")))
+    assert n > 5  # one per slice the propagation visited
+    # an exported encoder as models/accel.py lays it out (a real export is measured in test_predictor.py)
+    entry = root / "encoders" / "onnxruntime-0123456789abcdef01234567"
+    entry.mkdir(parents=True)
+    (entry / "model.onnx").write_bytes(b"\0" * 4096)
+    (entry / "meta.json").write_text("{}")
+    res = samlab("cache")
+    assert res.returncode == 0, res.stderr
+    emb_line, enc_line = res.stdout.splitlines()
+    assert emb_line.startswith(f"embeddings: {root / 'embeddings'} ({n} entries, ") and " MB)" in emb_line
+    assert enc_line == f"encoders: {root / 'encoders'} (1 entry, 4.0 kB)"
+
+    res = samlab("cache", "--clear")
+    assert res.returncode == 0, res.stderr
+    assert f"({n} entries, " in res.stdout and "freed" in res.stdout and "(1 entry, 4.0 kB freed)" in res.stdout
+    assert not entry.exists() and not list((root / "embeddings").glob("*/*.zarr"))
+    res = samlab("cache")
+    assert res.stdout.splitlines() == [f"embeddings: {root / 'embeddings'} (0 entries, 0 B)",
+                                       f"encoders: {root / 'encoders'} (0 entries, 0 B)"]
+
+    # --cache-dir names the embedding folder, as for segment
+    other = tmp_path / "other"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX, "--cache-dir", other)
+    assert res.returncode == 0, res.stderr
+    res = samlab("cache", "--cache-dir", other)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith(f"embeddings: {other} (1 entry, ")
+
+
+def test_cache_command_refuses_bad_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    mine = tmp_path / "documents"
+    (mine / "ab").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    for args in (["cache", "--cache-dir", mine, "--clear"], ["cache", "--cache-dir", mine]):
+        _one_line_failure(samlab(*args), "not a napari-samlab embedding cache")
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "ab").is_dir()
+    _one_line_failure(samlab("cache", "--cache-dir", tmp_path / "nope"), "does not exist")
+    _one_line_failure(samlab("cache", "--cache-dir", mine / "notes.txt"), "not a folder")
+    _one_line_failure(samlab("cache", "--cache-dir", tmp_path / "cache" / "encoders"), "does not exist")
+    # the encoder folder is checked too, before anything is deleted
+    (tmp_path / "cache" / "encoders").mkdir(parents=True)
+    (tmp_path / "cache" / "encoders" / "stranger.bin").write_bytes(b"x")
+    _one_line_failure(samlab("cache", "--clear"), "not a napari-samlab exported-encoder cache")
+    assert (tmp_path / "cache" / "encoders" / "stranger.bin").exists()

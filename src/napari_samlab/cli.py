@@ -1,4 +1,4 @@
-"""The ``samlab`` command line (SPEC.md): ``samlab segment`` and ``samlab info``.
+"""The ``samlab`` command line (SPEC.md): ``samlab segment``, ``samlab info`` and ``samlab cache``.
 
 Bad input ends with one line on stderr, a non-zero exit and no output
 file; tracebacks are shown only with ``SAMLAB_DEBUG=1``.
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    cache = sub.add_parser("cache", help="show the disk caches (embeddings, exported encoders) and their size; --clear empties them")
+    cache.add_argument("--clear", action="store_true", help="delete the cached entries (they are recomputed when needed)")
+    cache.add_argument("--cache-dir", metavar="DIR", help="the embedding cache folder (as given to 'samlab segment --cache-dir'; "
+                                                          "default $SAMLAB_CACHE_DIR/embeddings or ~/.cache/napari-samlab/embeddings)")
     return parser
 
 
@@ -75,6 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "segment":
             return run_segment(args)
+        if args.command == "cache":
+            return run_cache(args)
         return run_info(args)
     except SamlabError as err:
         print(f"samlab: error: {err}", file=sys.stderr)
@@ -104,6 +110,27 @@ def run_info(args) -> int:
     else:
         for key, value in info.items():
             print(f"{key.replace('_', ' ')}: {value}")
+    return 0
+
+
+# -- samlab cache ----------------------------------------------------------
+def run_cache(args) -> int:
+    """Print each disk cache folder with its size; with ``--clear`` empty them first."""
+    from .predict.cache import cache_usage, clear_cache_folder, default_cache_dirs
+
+    if args.cache_dir is not None and not Path(args.cache_dir).expanduser().is_dir():
+        what = "is not a folder" if Path(args.cache_dir).expanduser().exists() else "does not exist"
+        raise SamlabError(f"cache folder {args.cache_dir} {what}: give the folder used with 'samlab segment --cache-dir'")
+    folders = default_cache_dirs(args.cache_dir)
+    # check every folder before deleting anything: a bad one stops the whole command
+    usage = {kind: cache_usage(folder, kind) for kind, folder in folders.items()}
+    for kind, folder in folders.items():
+        if args.clear:
+            freed = clear_cache_folder(folder, kind)
+            left = cache_usage(folder, kind)
+            print(freed.describe("freed") + (f"; {left.entries} in use or just written, kept" if left.entries else ""))
+        else:
+            print(usage[kind].describe())
     return 0
 
 

@@ -11,21 +11,41 @@ as float16 by default (half the space; :class:`DiskCache` ``dtype``), so a
 few pixels at the object border.  Pass ``dtype="float32"`` for bit-exact
 disk hits.  Every disk entry carries a SHA-1 of its stored bytes; an
 unreadable, corrupt or mismatched entry is deleted and recomputed, never
-used.
+used.  :class:`MemoryCache` can hold float16 too (``dtype``, opt-in).
+
+Disk caches on this machine (:func:`default_cache_dirs`): the embeddings
+(``$SAMLAB_CACHE_DIR/embeddings``, else
+``~/.cache/napari-samlab/embeddings``) and the exported encoders of
+:mod:`napari_samlab.models.accel` (``.../encoders``).  :func:`cache_usage`
+reports their size and :func:`clear_cache_folder` empties them; both first
+check that the folder has the cache's own layout, and clearing removes only
+complete entries, never anything else in the folder.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
+import threading
+import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
+from ..errors import SamlabError
+
 FORMAT_VERSION = 1
+#: file that marks a folder as a samlab cache (``{"kind": ..., "format": ...}``)
+MARKER = ".samlab-cache.json"
+CACHE_KINDS = ("embeddings", "encoders")
+#: a writer's temporary folder untouched this long is a leftover of a killed process
+STALE_TEMP_SECONDS = 6 * 3600
 
 
 def embedding_key(image: np.ndarray, window_key: str, model_fingerprint: str) -> str:
@@ -63,14 +83,46 @@ def embedding_nbytes(emb: dict) -> int:
     return int(sum(getattr(v, "nbytes", 0) for v in emb.values()))
 
 
+def _storage_dtype(dtype) -> np.dtype:
+    """``"float32"``/``"float16"`` as a numpy dtype; anything else is refused."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise SamlabError(f"embedding storage type {dtype!r} is not supported: use 'float32' (exact) or 'float16' (half the memory)")
+    return dt
+
+
+def _check_mb(max_mb) -> float:
+    try:
+        mb = float(max_mb)
+    except (TypeError, ValueError):
+        mb = float("nan")
+    if not np.isfinite(mb) or mb < 0:
+        raise SamlabError(f"memory cache bound {max_mb!r} MB is not valid: give a size of 0 MB or more")
+    return mb
+
+
 class MemoryCache:
     """Least-recently-used embeddings, bounded by total size in MB.
 
     The most recent entry is always kept, even if it alone exceeds the bound.
+    With ``dtype="float32"`` (the default) entries are the encoder's own
+    arrays and :meth:`get` returns them as they were put, so a hit is exact.
+    With ``dtype="float16"`` floating arrays are stored at half size and
+    :meth:`get` restores their original type (float16-rounded values: masks
+    can differ from a fresh encode in a few pixels at the object border).
+    Sizes are counted as stored.  The bound and the type can be changed at
+    any time; the cache has its own lock, so that is safe while another
+    thread uses it.
 
     Parameters
     ----------
     max_mb : float
+        Bound in MB (2**20 bytes), 0 or more.
+    dtype : {"float32", "float16"}
+        Storage type of floating arrays.
 
     Examples
     --------
@@ -78,13 +130,19 @@ class MemoryCache:
     >>> c.put("a", {"features": np.zeros(100, np.float32)})
     >>> "a" in c, c.nbytes
     (True, 400)
+    >>> c.dtype = "float16"
+    >>> c.nbytes, c.get("a")["features"].dtype
+    (200, dtype('float32'))
     """
 
-    def __init__(self, max_mb: float = 1024):
-        self.max_bytes = float(max_mb) * 2**20
-        self._d: "OrderedDict[str, dict]" = OrderedDict()
+    def __init__(self, max_mb: float = 1024, dtype: str = "float32"):
+        self._max_mb = _check_mb(max_mb)
+        self._dtype = _storage_dtype(dtype)
+        # key -> (stored arrays, {name: original dtype of the arrays stored smaller})
+        self._d: "OrderedDict[str, tuple]" = OrderedDict()
         self._sizes: dict = {}
         self.nbytes = 0
+        self._lock = threading.RLock()
 
     def __contains__(self, key) -> bool:
         return key in self._d
@@ -92,27 +150,99 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._d)
 
-    def get(self, key: str) -> Optional[dict]:
-        emb = self._d.get(key)
-        if emb is not None:
-            self._d.move_to_end(key)
-        return emb
+    @property
+    def max_mb(self) -> float:
+        """The bound in MB; setting it evicts least recently used entries at once."""
+        return self._max_mb
 
-    def put(self, key: str, emb: dict) -> None:
+    @max_mb.setter
+    def max_mb(self, value: float) -> None:
+        with self._lock:
+            self._max_mb = _check_mb(value)
+            self._shrink()
+
+    @property
+    def max_bytes(self) -> float:
+        return self._max_mb * 2**20
+
+    @property
+    def dtype(self) -> str:
+        """``"float32"`` or ``"float16"``.
+
+        Switching to float16 converts the entries held (memory is freed at
+        once); switching to float32 drops the entries that were stored as
+        float16, so every later hit is exact again.
+        """
+        return self._dtype.name
+
+    @dtype.setter
+    def dtype(self, value: str) -> None:
+        dt = _storage_dtype(value)
+        with self._lock:
+            if dt == self._dtype:
+                return
+            self._dtype = dt
+            for key in list(self._d):
+                stored, restore = self._d[key]
+                if any(stored[n].dtype.itemsize < dt.itemsize for n in restore):
+                    self._drop(key)  # rounded values would pass for exact ones
+                    continue
+                stored, more = self._reduce(stored)
+                if more:
+                    self._set(key, stored, {**more, **restore})
+            self._shrink()
+
+    def _reduce(self, emb: dict) -> tuple:
+        """``emb`` with floating arrays wider than the storage type narrowed."""
+        stored, restore = {}, {}
+        for name, v in emb.items():
+            if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) and v.dtype.itemsize > self._dtype.itemsize:
+                restore[name] = v.dtype.str
+                v = v.astype(self._dtype)
+            stored[name] = v
+        return stored, restore
+
+    def _set(self, key: str, stored: dict, restore: dict) -> None:
         if key in self._d:
             self.nbytes -= self._sizes[key]
-        self._d[key] = emb
-        self._d.move_to_end(key)
-        self._sizes[key] = embedding_nbytes(emb)
+        self._d[key] = (stored, restore)
+        self._sizes[key] = embedding_nbytes(stored)
         self.nbytes += self._sizes[key]
+
+    def _drop(self, key: str) -> None:
+        del self._d[key]
+        self.nbytes -= self._sizes.pop(key)
+
+    def _shrink(self) -> None:
         while len(self._d) > 1 and self.nbytes > self.max_bytes:
             old, _ = self._d.popitem(last=False)
             self.nbytes -= self._sizes.pop(old)
 
+    def get(self, key: str) -> Optional[dict]:
+        """The embedding stored under ``key`` in its original types, or None."""
+        with self._lock:
+            item = self._d.get(key)
+            if item is None:
+                return None
+            self._d.move_to_end(key)
+        stored, restore = item
+        if not restore:
+            return stored
+        return {name: v.astype(restore[name]) if name in restore else v for name, v in stored.items()}
+
+    def put(self, key: str, emb: dict) -> None:
+        """Store ``emb`` as the most recent entry and evict beyond the bound."""
+        with self._lock:
+            stored, restore = self._reduce(emb)
+            self._set(key, stored, restore)
+            self._d.move_to_end(key)
+            self._shrink()
+
     def clear(self) -> None:
-        self._d.clear()
-        self._sizes.clear()
-        self.nbytes = 0
+        with self._lock:
+            self._d.clear()
+            self._sizes.clear()
+            self.nbytes = 0
 
 
 def _digest(arrays: dict) -> str:
@@ -128,7 +258,7 @@ class DiskCache:
     """Embeddings in a folder of zarr groups, one per key.
 
     Layout: ``root/<key[:2]>/<key>.zarr`` with one array per embedding
-    entry and attributes ``format``, ``key``, ``dtypes`` (the in-memory
+    entry, and the marker file ``root/.samlab-cache.json``; attributes ``format``, ``key``, ``dtypes`` (the in-memory
     dtypes to restore) and ``sha1`` (of the stored arrays).  Writes go to a
     temporary folder that is renamed into place, so readers never see half
     an entry.
@@ -148,10 +278,24 @@ class DiskCache:
     """
 
     def __init__(self, root, dtype: str = "float16"):
-        self.root = Path(root)
-        self.dtype = np.dtype(dtype)
+        self.root = Path(root).expanduser()
+        self.dtype = _storage_dtype(dtype)
         self.root.mkdir(parents=True, exist_ok=True)
         self.rejected = 0  # corrupt or mismatched entries thrown away
+        marker = self.root / MARKER
+        if not marker.exists():
+            try:  # lets cache_usage/clear_cache_folder recognise the folder
+                marker.write_text(json.dumps({"kind": "embeddings", "format": FORMAT_VERSION}))
+            except OSError:
+                pass
+
+    def usage(self) -> "CacheUsage":
+        """Size of this cache on disk (see :func:`cache_usage`)."""
+        return cache_usage(self.root, "embeddings")
+
+    def clear(self) -> "CacheUsage":
+        """Delete every complete entry; returns what was freed (see :func:`clear_cache_folder`)."""
+        return clear_cache_folder(self.root, "embeddings")
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.zarr"
@@ -207,3 +351,292 @@ class DiskCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------
+# the disk caches as folders: where, how big, emptying them
+def cache_root() -> Path:
+    """The folder that holds napari-samlab's disk caches.
+
+    Returns
+    -------
+    Path
+        ``$SAMLAB_CACHE_DIR`` when set, else ``~/.cache/napari-samlab``.
+
+    Examples
+    --------
+    >>> isinstance(cache_root(), Path)
+    True
+    """
+    env = os.environ.get("SAMLAB_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-samlab"
+
+
+def default_embedding_cache_dir() -> Path:
+    """Where embeddings are kept on disk when the user turns that on without naming a folder.
+
+    Returns
+    -------
+    Path
+        ``$SAMLAB_CACHE_DIR/embeddings``, else ``~/.cache/napari-samlab/embeddings``
+        (beside :func:`napari_samlab.models.accel.default_cache_dir`).
+
+    Examples
+    --------
+    >>> default_embedding_cache_dir().name
+    'embeddings'
+    """
+    return cache_root() / "embeddings"
+
+
+def default_cache_dirs(embeddings=None) -> Dict[str, Path]:
+    """The disk caches by kind: ``{"embeddings": ..., "encoders": ...}``.
+
+    Parameters
+    ----------
+    embeddings : path, optional
+        The embedding cache folder in use, if not the default one.
+
+    Returns
+    -------
+    dict of str to Path
+        The encoder folder is the one :mod:`napari_samlab.models.accel`
+        uses (computed here without importing torch).
+
+    Examples
+    --------
+    >>> sorted(default_cache_dirs())
+    ['embeddings', 'encoders']
+    """
+    emb = Path(embeddings).expanduser() if embeddings is not None else default_embedding_cache_dir()
+    return {"embeddings": emb, "encoders": cache_root() / "encoders"}
+
+
+@dataclass
+class CacheUsage:
+    """Size of one disk cache folder.
+
+    Attributes
+    ----------
+    folder : Path
+    kind : str
+        ``"embeddings"`` or ``"encoders"``.
+    entries : int
+        Complete entries (one per slice embedding, or per exported encoder).
+    nbytes : int
+        Bytes of the entries and of unfinished writes.
+    exists : bool
+        False when the folder has not been created yet.
+    """
+
+    folder: Path
+    kind: str
+    entries: int = 0
+    nbytes: int = 0
+    exists: bool = True
+
+    def describe(self, verb: str = "") -> str:
+        """One line, e.g. ``embeddings: /x (3 entries, 12.0 MB)``."""
+        if not self.exists:
+            return f"{self.kind}: {self.folder} (empty, not created yet)"
+        n = f"{self.entries} entr{'y' if self.entries == 1 else 'ies'}"
+        return f"{self.kind}: {self.folder} ({n}, {format_bytes(self.nbytes)}{' ' + verb if verb else ''})"
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size in binary units (MB = 2**20 bytes, as the memory bound).
+
+    Examples
+    --------
+    >>> format_bytes(0), format_bytes(1536), format_bytes(3 * 2**30)
+    ('0 B', '1.5 kB', '3.0 GB')
+    """
+    n = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+# names a cache's own writers use; nothing else in a cache folder is ever deleted
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_EMB_ENTRY = re.compile(r"[0-9a-f]{40}\.zarr")
+_EMB_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}\.zarr")
+_ENC_ENTRY = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{24}")          # accel: <backend>-<key>
+_ENC_TEMP = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{24}\.tmp\w+")  # accel: mkdtemp(prefix=entry + ".tmp")
+_DELETING = re.compile(r"\.del-[0-9a-f]{32}")                       # ours, mid-clear
+
+
+def _is_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
+def _tree_bytes(p: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(p):  # does not follow links
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass  # removed meanwhile
+    return total
+
+
+def _newest_mtime(p: Path) -> float:
+    newest = 0.0
+    for dirpath, _dirs, files in os.walk(p):
+        for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
+            try:
+                newest = max(newest, os.lstat(name).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+
+def _scan(folder: Path, kind: str) -> tuple:
+    """``(entries, temps, foreign)`` of a cache folder, by the names its writers use."""
+    entries, temps, foreign = [], [], []
+    if kind == "embeddings":
+        for child in sorted(folder.iterdir()):
+            if child.name == MARKER:
+                continue
+            if not (_HEX2.fullmatch(child.name) and _is_dir(child)):
+                foreign.append(child)
+                continue
+            for item in sorted(child.iterdir()):
+                if _is_dir(item) and _EMB_ENTRY.fullmatch(item.name) and item.name.startswith(child.name):
+                    entries.append(item)
+                elif _is_dir(item) and (_EMB_TEMP.fullmatch(item.name) or _DELETING.fullmatch(item.name)):
+                    temps.append(item)
+                else:
+                    foreign.append(item)
+    else:
+        for child in sorted(folder.iterdir()):
+            if child.name == MARKER:
+                continue
+            if _is_dir(child) and _ENC_ENTRY.fullmatch(child.name):
+                entries.append(child)
+            elif _is_dir(child) and (_ENC_TEMP.fullmatch(child.name) or _DELETING.fullmatch(child.name)):
+                temps.append(child)
+            else:
+                foreign.append(child)
+    return entries, temps, foreign
+
+
+def _checked_folder(folder, kind: str):
+    """``(folder, scan)`` after making sure it is a samlab cache of ``kind``; scan is None when absent."""
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}: use one of {CACHE_KINDS}")
+    folder = Path(folder).expanduser()
+    what = "embedding" if kind == "embeddings" else "exported-encoder"
+    if not folder.exists():
+        return folder, None
+    if not folder.is_dir():
+        raise SamlabError(f"{folder} is a file, not a napari-samlab {what} cache folder: name the cache folder")
+    marker_kind = None
+    try:
+        marker_kind = json.loads((folder / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if marker_kind not in (None, kind):
+        raise SamlabError(f"{folder} is the napari-samlab {marker_kind} cache, not the {kind} cache: name the {kind} folder")
+    try:
+        scan = _scan(folder, kind)
+    except OSError as err:
+        raise SamlabError(f"cannot read the cache folder {folder} ({err.strerror or err}): check its permissions") from None
+    if scan[2] and marker_kind is None:
+        # not made by samlab (or by a version without marker but then no foreign items): hands off
+        raise SamlabError(f"{folder} is not a napari-samlab {what} cache (it holds {scan[2][0].name!r}): "
+                          f"name the cache folder itself, e.g. {default_cache_dirs()[kind]}")
+    return folder, scan
+
+
+def cache_usage(folder, kind: str = "embeddings") -> CacheUsage:
+    """How many entries a disk cache holds and how many bytes they take.
+
+    Parameters
+    ----------
+    folder : path
+        The cache folder (e.g. from :func:`default_cache_dirs`).
+    kind : {"embeddings", "encoders"}
+        The embedding cache of :class:`DiskCache`, or the exported-encoder
+        cache of :mod:`napari_samlab.models.accel`.
+
+    Returns
+    -------
+    CacheUsage
+        All zero with ``exists=False`` for a folder not created yet.
+
+    Raises
+    ------
+    SamlabError
+        ``folder`` is a file, unreadable, or not a samlab cache of that kind
+        (it holds files the cache never writes and has no samlab marker).
+
+    Examples
+    --------
+    >>> cache_usage(default_embedding_cache_dir()).kind   # doctest: +SKIP
+    'embeddings'
+    """
+    folder, scan = _checked_folder(folder, kind)
+    if scan is None:
+        return CacheUsage(folder, kind, exists=False)
+    entries, temps, _ = scan
+    return CacheUsage(folder, kind, len(entries), sum(_tree_bytes(p) for p in entries + temps))
+
+
+def clear_cache_folder(folder, kind: str = "embeddings", stale_after: float = STALE_TEMP_SECONDS) -> CacheUsage:
+    """Delete the complete entries of a disk cache; returns what was freed.
+
+    Only names the cache's own writers make are touched; any other file
+    in the folder is left alone, and a folder that is not a samlab cache is
+    refused.  Each entry is first renamed out of its place (atomic), so a
+    reader sees it either whole or absent (a missing entry is recomputed).
+    Temporary folders of writers are left alone unless untouched for
+    ``stale_after`` seconds (a writer that was killed): a running export
+    or embedding write is never disturbed.
+
+    Parameters
+    ----------
+    folder : path
+    kind : {"embeddings", "encoders"}
+    stale_after : float
+        Age in seconds after which an unfinished write counts as abandoned.
+
+    Returns
+    -------
+    CacheUsage
+        ``entries`` and ``nbytes`` removed.
+
+    Raises
+    ------
+    SamlabError
+        As :func:`cache_usage`.
+
+    Examples
+    --------
+    >>> freed = clear_cache_folder(default_embedding_cache_dir())   # doctest: +SKIP
+    >>> freed.describe("freed")                                      # doctest: +SKIP
+    'embeddings: /home/me/.cache/napari-samlab/embeddings (3 entries, 12.0 MB freed)'
+    """
+    folder, scan = _checked_folder(folder, kind)
+    if scan is None:
+        return CacheUsage(folder, kind, exists=False)
+    entries, temps, _ = scan
+    now = time.time()
+    freed = CacheUsage(folder, kind)
+    for path in entries + temps:
+        is_entry = path in entries
+        if not is_entry and not _DELETING.fullmatch(path.name) and now - _newest_mtime(path) < stale_after:
+            continue  # a live writer's temporary folder
+        size = _tree_bytes(path)
+        gone = path.parent / f".del-{uuid.uuid4().hex}"
+        try:
+            os.replace(path, gone)
+        except OSError:
+            continue  # removed or replaced meanwhile by another process
+        shutil.rmtree(gone, ignore_errors=True)
+        freed.nbytes += size - (_tree_bytes(gone) if gone.exists() else 0)
+        freed.entries += int(is_entry)
+    return freed

@@ -2,35 +2,47 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import SamlabError
 from ..models.base import Prediction, Prompt, SegmentationModel
-from .cache import DiskCache, MemoryCache, embedding_key
+from .cache import DiskCache, MemoryCache, _check_mb, _storage_dtype, embedding_key
 from .windowing import Window, apply_window, resolve_window
+
+
+_KEEP = object()  # "leave this setting as it is" in SlicePredictor.configure
 
 
 class SlicePredictor:
     """``set_image`` then ``predict``, like segment_anything's SamPredictor.
 
-    Embeddings are cached in memory (float32, least recently used evicted
-    beyond ``memory_mb``) and, with ``cache_dir``, on disk (zarr; float16
-    by default, so a disk hit is float16-rounded: see
-    :mod:`napari_samlab.predict.cache`).  Keys are the SHA-1 of the slice's
-    pixels, the window and the model fingerprint.
+    Embeddings are cached in memory (least recently used evicted beyond
+    ``memory_mb``; float32 by default, so a memory hit is exact) and, with
+    ``cache_dir``, on disk (zarr; float16 by default, so a disk hit is
+    float16-rounded: see :mod:`napari_samlab.predict.cache`).  Keys are the
+    SHA-1 of the slice's pixels, the window and the model fingerprint.
 
     Parameters
     ----------
     model : SegmentationModel
         From :func:`napari_samlab.load_model`.
     memory_mb : float
-        Bound of the in-memory embedding cache.
+        Bound of the in-memory embedding cache in MB (2**20 bytes).
     cache_dir : path, optional
-        On-disk embedding cache that survives restarts.
+        On-disk embedding cache that survives restarts
+        (:func:`napari_samlab.predict.cache.default_embedding_cache_dir` is
+        the usual place).
     disk_dtype : {"float16", "float32"}
         Storage type of the on-disk cache.
+    memory_dtype : {"float32", "float16"}
+        Storage type of the in-memory cache.  ``"float16"`` holds twice as
+        many slices in the same memory; every slice is then decoded from
+        float16-rounded features (fresh ones too, so a slice gives the same
+        mask on every visit), which can move a few border pixels compared
+        with float32.
 
     Attributes
     ----------
@@ -46,15 +58,16 @@ class SlicePredictor:
     >>> predictor = SlicePredictor(load_model(family="classic"))   # doctest: +SKIP
     >>> predictor.set_image(volume[30], window="auto")              # doctest: +SKIP
     >>> mask, score = predictor.predict(box=(10, 20, 60, 80))        # doctest: +SKIP
+    >>> predictor.configure(memory_mb=512, memory_dtype="float16")   # doctest: +SKIP
     """
 
     def __init__(self, model: SegmentationModel, memory_mb: float = 1024, cache_dir=None,
-                 disk_dtype: str = "float16"):
+                 disk_dtype: str = "float16", memory_dtype: str = "float32"):
         self.model = model
-        self.memory_mb = float(memory_mb)
-        self.cache_dir = cache_dir
-        self._memory = MemoryCache(memory_mb)
-        self._disk = DiskCache(cache_dir, disk_dtype) if cache_dir is not None else None
+        self._memory = MemoryCache(memory_mb, memory_dtype)
+        self._disk: Optional[DiskCache] = None
+        self._disk_dtype = _storage_dtype(disk_dtype).name
+        self.configure(cache_dir=cache_dir, disk_dtype=disk_dtype)
         self._embedding: Optional[dict] = None
         self._shape: Optional[tuple] = None
         self.window: Optional[Window] = None
@@ -63,6 +76,115 @@ class SlicePredictor:
         self.memory_hits = 0
         self.disk_hits = 0
         self.last_set_image_ms = 0.0
+
+    # -- cache settings ------------------------------------------------------
+    def configure(self, memory_mb=None, memory_dtype=None, cache_dir=_KEEP, disk_dtype=None) -> None:
+        """Change cache settings; the model, the current slice and (where still valid) cached embeddings stay.
+
+        Safe to call while another thread runs :meth:`set_image`.
+
+        Parameters
+        ----------
+        memory_mb : float, optional
+            New in-memory bound; least recently used entries beyond it are
+            dropped at once.
+        memory_dtype : {"float32", "float16"}, optional
+            Switching to float16 converts the held entries (memory is freed
+            at once); switching back drops the float16 ones, so later hits
+            are exact again.  The current slice keeps its embedding until
+            the next :meth:`set_image`.
+        cache_dir : path or None, optional
+            On-disk cache folder; None turns the disk cache off.  Leave it
+            out to keep the current one.
+        disk_dtype : {"float16", "float32"}, optional
+
+        Raises
+        ------
+        SamlabError
+            Invalid bound or type, or a cache folder that cannot be created.
+
+        Examples
+        --------
+        >>> predictor.configure(memory_mb=256)                       # doctest: +SKIP
+        >>> predictor.configure(cache_dir=default_embedding_cache_dir())   # doctest: +SKIP
+        """
+        if memory_mb is not None:
+            _check_mb(memory_mb)
+        if memory_dtype is not None:
+            _storage_dtype(memory_dtype)
+        disk_dtype = self._disk_dtype if disk_dtype is None else _storage_dtype(disk_dtype).name
+        disk = self._disk
+        if cache_dir is not _KEEP or disk_dtype != self._disk_dtype:
+            target = self.cache_dir if cache_dir is _KEEP else cache_dir
+            if target is None:
+                disk = None
+            elif disk is None or Path(target).expanduser() != disk.root or disk_dtype != disk.dtype.name:
+                try:
+                    disk = DiskCache(target, disk_dtype)
+                except OSError as err:
+                    raise SamlabError(f"cannot use {target} for the embedding cache ({err.strerror or err}): "
+                                      "choose a folder you can write to") from None
+        # everything checked: apply
+        if memory_dtype is not None:
+            self._memory.dtype = memory_dtype
+        if memory_mb is not None:
+            self._memory.max_mb = memory_mb
+        self._disk, self._disk_dtype = disk, disk_dtype
+
+    @property
+    def memory_mb(self) -> float:
+        """Bound of the in-memory cache in MB (settable)."""
+        return self._memory.max_mb
+
+    @memory_mb.setter
+    def memory_mb(self, value: float) -> None:
+        self.configure(memory_mb=value)
+
+    @property
+    def memory_dtype(self) -> str:
+        """``"float32"`` or ``"float16"`` (settable, see :meth:`configure`)."""
+        return self._memory.dtype
+
+    @memory_dtype.setter
+    def memory_dtype(self, value: str) -> None:
+        self.configure(memory_dtype=value)
+
+    @property
+    def memory_nbytes(self) -> int:
+        """Bytes the in-memory cache holds, as stored."""
+        return int(self._memory.nbytes)
+
+    @property
+    def memory_entries(self) -> int:
+        """Slices whose embedding the in-memory cache holds."""
+        return len(self._memory)
+
+    @property
+    def cache_dir(self) -> Optional[Path]:
+        """The on-disk cache folder, or None when embeddings stay in memory only."""
+        disk = self._disk
+        return disk.root if disk is not None else None
+
+    @property
+    def disk_dtype(self) -> str:
+        return self._disk_dtype
+
+    def disk_usage(self):
+        """Size of the on-disk cache.
+
+        Returns
+        -------
+        CacheUsage or None
+            See :func:`napari_samlab.predict.cache.cache_usage`; None when
+            there is no disk cache.
+
+        Examples
+        --------
+        >>> predictor.disk_usage().describe()     # doctest: +SKIP
+        'embeddings: /tmp/emb (3 entries, 6.0 MB)'
+        """
+        disk = self._disk
+        return disk.usage() if disk is not None else None
 
     @property
     def is_image_set(self) -> bool:
@@ -111,15 +233,20 @@ class SlicePredictor:
         if emb is not None:
             self.memory_hits += 1
         else:
-            emb = self._disk.get(key) if self._disk is not None else None
+            disk = self._disk  # one read: configure() may swap it from another thread
+            emb = disk.get(key) if disk is not None else None
             if emb is not None:
                 self.disk_hits += 1
             else:
                 emb = self.model.encode(apply_window(image, win))
                 self.encoder_calls += 1
-                if self._disk is not None:
-                    self._disk.put(key, emb)
+                if disk is not None:
+                    disk.put(key, emb)
             self._memory.put(key, emb)
+            # as the cache holds it (float16-rounded in that mode): a slice
+            # gives the same masks whether fresh or a later hit
+            cached = self._memory.get(key)
+            emb = cached if cached is not None else emb
         self._embedding = emb
         self._shape = tuple(image.shape[:2])
         self.window = win

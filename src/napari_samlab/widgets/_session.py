@@ -33,10 +33,14 @@ class ModelSession:
 
     Attributes
     ----------
+    about_to_change : Signal
+        Emitted before a new model is installed, outside the lock: panels
+        stop their background encodes so the install does not wait for them.
     changed : Signal
         Emitted with the session after a new model was installed.
     """
 
+    about_to_change = Signal(object)
     changed = Signal(object)
 
     def __init__(self):
@@ -45,6 +49,36 @@ class ModelSession:
         self.predictor: Optional[SlicePredictor] = None
         self.description = ""
         self.generation = 0  # bumped per model: results of older models are stale
+        # SlicePredictor keyword arguments, kept across model changes
+        self.predictor_settings: dict = {"memory_mb": 1024.0, "memory_dtype": "float32", "cache_dir": None}
+
+    def configure(self, **settings) -> None:
+        """Change the predictor's cache settings (see :meth:`SlicePredictor.configure`).
+
+        They apply to the current predictor at once, without dropping the
+        model, and to the predictors of models loaded later.
+
+        Parameters
+        ----------
+        **settings
+            ``memory_mb``, ``memory_dtype``, ``cache_dir`` (None: memory only).
+
+        Raises
+        ------
+        SamlabError
+            An invalid value; nothing is changed then.
+
+        Examples
+        --------
+        >>> session_for(viewer).configure(memory_mb=512, memory_dtype="float16")   # doctest: +SKIP
+        """
+        unknown = set(settings) - set(self.predictor_settings)
+        if unknown:
+            raise TypeError(f"unknown predictor settings: {', '.join(sorted(unknown))}")
+        self.ensure_model()
+        # the predictor's caches lock themselves: no need to wait for a running encode
+        self.predictor.configure(**settings)
+        self.predictor_settings = {**self.predictor_settings, **settings}
 
     def ensure_model(self):
         """The current model, loading the classic engine on first use."""
@@ -53,9 +87,10 @@ class ModelSession:
         return self.model
 
     def set_model(self, model, description: str = "") -> None:
+        self.about_to_change.emit(self)
         with self.lock:
             self.model = model
-            self.predictor = SlicePredictor(model)
+            self.predictor = SlicePredictor(model, **self.predictor_settings)
             self.description = description or getattr(model, "family", "model")
             self.generation += 1
         self.changed.emit(self)

@@ -1,4 +1,4 @@
-"""The model panel: choose an engine and a checkpoint, load it off the Qt thread."""
+"""The model panel: choose an engine and a checkpoint, load it off the Qt thread; memory and cache settings."""
 from __future__ import annotations
 
 import os
@@ -9,11 +9,12 @@ from typing import Optional
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
-    QPushButton, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
+    QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from ..errors import SamlabError
+from ..predict.cache import cache_usage, clear_cache_folder, default_cache_dirs, default_embedding_cache_dir, format_bytes
 from ._common import Notifier, wait_until
 from ._compat import avoid_triton_llvm_clash
 from ._session import ModelSession, session_for
@@ -21,6 +22,29 @@ from ._session import ModelSession, session_for
 FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
 AUTO = "auto (from checkpoint)"
 CKPT_FILTER = "Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.pth.tar);;All files (*)"
+HALF_PRECISION = "half-precision embeddings (saves memory, masks may differ at edges)"
+_EXACT_BACKENDS = ("auto", "torch", "openvino", "onnxruntime")  # the rest trade accuracy for speed
+
+
+def encoder_choices() -> list:
+    """``(label, backend)`` pairs for the encoder box, from the registry's current list.
+
+    ``auto`` comes first and maps to None: :func:`load_model`'s own default
+    (the fastest exact backend for SAM, MedSAM and LiteMedSAM on CPU, PyTorch
+    for the others, or ``$SAMLAB_ENCODER_BACKEND``).
+
+    Examples
+    --------
+    >>> encoder_choices()[0]
+    ('auto (default)', None)
+    """
+    try:
+        from ..models.registry import ENCODER_BACKENDS
+    except ImportError:
+        ENCODER_BACKENDS = ("torch",)
+    names = [b for b in ENCODER_BACKENDS if b != "auto"]
+    names.sort(key=lambda b: b not in _EXACT_BACKENDS)  # exact ones first, order otherwise kept
+    return [("auto (default)", None)] + [(b if b in _EXACT_BACKENDS else f"{b} (approximate)", b) for b in names]
 
 
 def _describe(path: str) -> dict:
@@ -32,7 +56,8 @@ def _describe(path: str) -> dict:
     return describe_checkpoint(path)
 
 
-def _load(family: Optional[str], checkpoint: Optional[str], base_checkpoint: Optional[str], device: str):
+def _load(family: Optional[str], checkpoint: Optional[str], base_checkpoint: Optional[str], device: str,
+          encoder_backend: Optional[str] = None):
     if family == "classic" and not checkpoint:
         from ._session import _classic
 
@@ -42,7 +67,8 @@ def _load(family: Optional[str], checkpoint: Optional[str], base_checkpoint: Opt
         from ..models.registry import load_model
     except ImportError:
         raise SamlabError("this installation has no model registry (napari_samlab.models.registry): only the classic engine is available") from None
-    return load_model(checkpoint=checkpoint, family=family, base_checkpoint=base_checkpoint, device=device)
+    return load_model(checkpoint=checkpoint, family=family, base_checkpoint=base_checkpoint, device=device,
+                      encoder_backend=encoder_backend)
 
 
 def summarize(info: dict) -> str:
@@ -68,11 +94,14 @@ def summarize(info: dict) -> str:
 
 
 class ModelWidget(QWidget):
-    """Model panel: family, checkpoint, base checkpoint, device, Load.
+    """Model panel: family, checkpoint, base checkpoint, device, encoder, Load; memory settings.
 
     The loaded model lives in the viewer's shared session, so the
     segmentation panel uses it at once.  The classic engine (no weights) is
-    there from the start.
+    there from the start.  The "Memory" group sets the session's embedding
+    caches (bound in MB, float16 in memory, a disk cache) for the model in
+    use and the ones loaded later, shows what the disk caches take and
+    empties them.
 
     Parameters
     ----------
@@ -85,6 +114,8 @@ class ModelWidget(QWidget):
         mw = ModelWidget(viewer)
         mw.load(family="medsam", checkpoint="medsam_vit_b.pth", wait=True)
         mw.model.family
+        mw.set_memory(memory_mb=512, half_precision=True)
+        mw.clear_disk_caches()
     """
 
     def __init__(self, napari_viewer, parent=None):
@@ -118,6 +149,12 @@ class ModelWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(self.available_devices())
         self.device.setToolTip("cuda is listed when PyTorch sees a GPU")
+        self.encoder = QComboBox()
+        for label, backend in encoder_choices():
+            self.encoder.addItem(label, backend)
+        self.encoder.setToolTip("how the image encoder runs on the CPU. auto: the fastest backend whose output matches "
+                                "PyTorch (SAM, MedSAM, LiteMedSAM), else PyTorch. '(approximate)' ones are faster "
+                                "but their masks can differ from the model's own")
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(lambda: self.load())
         self.progress = QProgressBar()
@@ -139,16 +176,60 @@ class ModelWidget(QWidget):
         form.addRow("Base", row)
         form.addRow("Detected", self.detected)
         form.addRow("Device", self.device)
+        form.addRow("Encoder", self.encoder)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.load_button)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
+        lay.addWidget(self._memory_group())
         lay.addStretch(1)
 
         self.session.changed.connect(self._on_session_changed)
         self.session.ensure_model()
         self._on_session_changed(self.session)
+        self.refresh_disk_usage()
+
+    def _memory_group(self) -> QGroupBox:
+        settings = self.session.predictor_settings
+        self.memory_mb = QSpinBox()
+        self.memory_mb.setRange(0, 1 << 20)
+        self.memory_mb.setSingleStep(256)
+        self.memory_mb.setSuffix(" MB")
+        self.memory_mb.setKeyboardTracking(False)  # apply when typing is done, not per digit
+        self.memory_mb.setValue(int(round(settings["memory_mb"])))
+        self.memory_mb.setToolTip("embeddings of recently seen slices kept in memory (least recently used dropped "
+                                  "beyond this); a ViT-B slice takes 4 MB, or 2 MB in half precision")
+        self.half_precision = QCheckBox(HALF_PRECISION)
+        self.half_precision.setChecked(settings["memory_dtype"] == "float16")
+        self.keep_on_disk = QCheckBox("keep embeddings on disk")
+        self.keep_on_disk.setChecked(settings["cache_dir"] is not None)
+        self.keep_on_disk.setToolTip("store each slice's embedding in the folder (float16, checksummed) so that "
+                                     "revisits and later sessions need no encoding")
+        self.disk_folder = QLineEdit(str(settings["cache_dir"] or default_embedding_cache_dir()))
+        self.disk_folder.setToolTip("embedding cache folder")
+        self.disk_usage = QLabel("")
+        self.disk_usage.setWordWrap(True)
+        self.clear_disk_button = QPushButton("Clear disk caches")
+        self.clear_disk_button.setToolTip("delete the cached embeddings and exported encoders (remade when needed)")
+
+        self.memory_mb.valueChanged.connect(lambda _: self._apply_memory_settings())
+        self.half_precision.toggled.connect(lambda _: self._apply_memory_settings())
+        self.keep_on_disk.toggled.connect(lambda _: self._apply_memory_settings())
+        self.disk_folder.editingFinished.connect(self._apply_memory_settings)
+        self.clear_disk_button.clicked.connect(lambda: self.clear_disk_caches())
+
+        box = QGroupBox("Memory")
+        form = QFormLayout(box)
+        form.addRow("In memory", self.memory_mb)
+        form.addRow(self.half_precision)
+        row = QHBoxLayout()
+        row.addWidget(self.keep_on_disk)
+        row.addWidget(self.disk_folder, 1)
+        form.addRow(row)
+        form.addRow("On disk", self.disk_usage)
+        form.addRow(self.clear_disk_button)
+        return box
 
     # -- public, scriptable ----------------------------------------------
     @property
@@ -203,15 +284,77 @@ class ModelWidget(QWidget):
     def set_base_checkpoint(self, path: Optional[str]) -> None:
         self.base_checkpoint.setText(str(path) if path else "")
 
+    def set_encoder(self, backend: Optional[str]) -> None:
+        """Encoder backend for the next load: None/"auto" or one of :func:`encoder_choices`."""
+        i = self.encoder.findData(None if backend in (None, "", "auto") else backend)
+        if i < 0:
+            names = ", ".join(b or "auto" for _, b in encoder_choices())
+            raise SamlabError(f"unknown encoder backend {backend!r}: use one of {names}")
+        self.encoder.setCurrentIndex(i)
+
+    def set_memory(self, memory_mb: Optional[float] = None, half_precision: Optional[bool] = None,
+                   keep_on_disk: Optional[bool] = None, folder=None) -> None:
+        """Set the "Memory" group's controls (and so the session's predictor); None keeps a value."""
+        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk):
+            if memory_mb is not None:
+                self.memory_mb.setValue(int(round(float(memory_mb))))
+            if half_precision is not None:
+                self.half_precision.setChecked(bool(half_precision))
+            if keep_on_disk is not None:
+                self.keep_on_disk.setChecked(bool(keep_on_disk))
+            if folder is not None:
+                self.disk_folder.setText(str(folder))
+        self._apply_memory_settings()
+
+    def refresh_disk_usage(self) -> dict:
+        """Update the disk-usage line; returns ``{kind: CacheUsage}`` (an unreadable folder is left out)."""
+        found, parts = {}, []
+        for kind, folder in default_cache_dirs(self._embedding_folder()).items():
+            try:
+                u = found[kind] = cache_usage(folder, kind)
+                parts.append(f"{kind} {format_bytes(u.nbytes)} ({u.entries})")
+            except SamlabError as err:
+                parts.append(f"{kind}: {err}")
+        self.disk_usage.setText(" · ".join(parts))
+        self.disk_usage.setToolTip("size (entries) of the disk caches:\n" + "\n".join(str(u.folder) for u in found.values()))
+        return found
+
+    def clear_disk_caches(self) -> dict:
+        """Empty the embedding and exported-encoder caches; reports what was freed.
+
+        Returns
+        -------
+        dict of str to CacheUsage
+            What each cache freed (a folder that is not a samlab cache is
+            refused with an error notification and left out).
+        """
+        freed, problems = {}, []
+        for kind, folder in default_cache_dirs(self._embedding_folder()).items():
+            try:
+                freed[kind] = clear_cache_folder(folder, kind)
+            except SamlabError as err:
+                problems.append(str(err))
+        for text in problems:
+            self.notes.error(text)
+        if freed:
+            total = sum(u.nbytes for u in freed.values())
+            what = ", ".join(f"{u.entries} {'exported encoders' if k == 'encoders' else 'embeddings'}"
+                             for k, u in freed.items())
+            self.notes.info(f"disk caches cleared: {format_bytes(total)} freed ({what})")
+        self.refresh_disk_usage()
+        return freed
+
     def load(self, family: Optional[str] = "keep", checkpoint: Optional[str] = "keep",
              base_checkpoint: Optional[str] = "keep", device: Optional[str] = None,
-             wait: bool = False, timeout: float = 600) -> bool:
+             wait: bool = False, timeout: float = 600, encoder: Optional[str] = "keep") -> bool:
         """Load the chosen engine in a background thread.
 
         Parameters default to what the panel shows.  With ``wait=True`` the
         call returns once the model is in use (scripts); returns whether a
         model was installed.
         """
+        if encoder != "keep":
+            self.set_encoder(encoder)
         if family != "keep":
             self.set_family(family)
         if checkpoint != "keep":
@@ -234,8 +377,10 @@ class ModelWidget(QWidget):
         from napari.qt.threading import create_worker
 
         generation = self.session.generation
-        self._worker = create_worker(_load, fam, ckpt, base, dev, _start_thread=False, _ignore_errors=True)
-        label = f"{fam or 'auto'}" + (f" from {Path(ckpt).name}" if ckpt else "") + f" on {dev}"
+        backend = self.encoder.currentData()
+        self._worker = create_worker(_load, fam, ckpt, base, dev, backend, _start_thread=False, _ignore_errors=True)
+        label = (f"{fam or 'auto'}" + (f" from {Path(ckpt).name}" if ckpt else "") + f" on {dev}"
+                 + (f", {backend} encoder" if backend and fam != "classic" else ""))
         self._worker.returned.connect(lambda m: self._on_loaded(m, label, generation))
         self._worker.errored.connect(lambda e: self.notes.exception(e, f"loading {label}"))
         self._worker.finished.connect(self._on_load_finished)
@@ -249,6 +394,30 @@ class ModelWidget(QWidget):
         return True
 
     # -- internals ---------------------------------------------------------
+    def _embedding_folder(self) -> Path:
+        text = self.disk_folder.text().strip()
+        return Path(text).expanduser() if text else default_embedding_cache_dir()
+
+    def _apply_memory_settings(self) -> None:
+        settings = dict(memory_mb=float(self.memory_mb.value()),
+                        memory_dtype="float16" if self.half_precision.isChecked() else "float32",
+                        cache_dir=self._embedding_folder() if self.keep_on_disk.isChecked() else None)
+        try:
+            self.session.configure(**settings)
+        except SamlabError as err:
+            self.notes.error(str(err))
+            self._show_memory_settings()  # back to what is in effect
+        self.refresh_disk_usage()
+
+    def _show_memory_settings(self) -> None:
+        s = self.session.predictor_settings
+        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk):
+            self.memory_mb.setValue(int(round(s["memory_mb"])))
+            self.half_precision.setChecked(s["memory_dtype"] == "float16")
+            self.keep_on_disk.setChecked(s["cache_dir"] is not None)
+            if s["cache_dir"] is not None:
+                self.disk_folder.setText(str(s["cache_dir"]))
+
     def _browse(self, edit: QLineEdit, setter) -> None:
         start = str(Path(edit.text()).parent) if edit.text() else ""
         path, _ = QFileDialog.getOpenFileName(self, "Choose a checkpoint", start, CKPT_FILTER)
@@ -312,9 +481,24 @@ class ModelWidget(QWidget):
         self._on_session_changed(self.session)
 
     def _on_session_changed(self, session) -> None:
+        self._show_memory_settings()  # another panel of this viewer may have changed them
         m = session.model
         if m is None:
             self.status.setText("no model loaded")
             return
         self.status.setText(f"in use: {session.description} "
                             f"({getattr(m, 'family', '?')}, {getattr(m, 'device', 'cpu')})")
+
+
+class _signals_blocked:
+    """Change controls without their signals firing (one apply afterwards)."""
+
+    def __init__(self, *widgets):
+        self.widgets = widgets
+
+    def __enter__(self):
+        self.old = [w.blockSignals(True) for w in self.widgets]
+
+    def __exit__(self, *exc):
+        for w, old in zip(self.widgets, self.old):
+            w.blockSignals(old)
