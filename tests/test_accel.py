@@ -13,6 +13,7 @@ import torch
 
 from napari_samlab.models import accel
 from napari_samlab.models.accel import accelerated_encoder, backend_available
+from napari_samlab.models.base import SegmentationModel
 
 SHAPE = (1, 3, 256, 256)
 EXPORT_BACKENDS = [b for b in ("onnxruntime", "openvino") if backend_available(b)]
@@ -211,3 +212,205 @@ def test_load_model_encoder_backend_choice(tmp_path, monkeypatch):
     assert p_plain.key != p_fast.key
     with pytest.raises(SamlabError, match="encoder backend"):
         load_model(ckpt, family="litemedsam", encoder_backend="tensorrt")
+
+
+# ----------------------------------------------------------------------
+# torch-autocast: opt-in lower precision
+def test_torch_autocast_is_opt_in_and_close(encoder, image, reference):
+    assert "torch-autocast" in accel.APPROX_BACKENDS and "torch-autocast" not in accel.AUTO_ORDER
+    f = accelerated_encoder(encoder, SHAPE, backend="torch-autocast", weights_key="w0")
+    assert f.backend == "torch-autocast" and not f.exact and f.cache_path is None
+    out = f(image)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert not torch.equal(out, reference)  # bf16 really ran
+    a, b = out.numpy().ravel(), reference.numpy().ravel()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+
+
+def test_autocast_dtype_per_device_type():
+    assert accel.autocast_dtype("cuda") == torch.float16
+    assert accel.autocast_dtype("cpu") == torch.bfloat16
+
+
+class TinyModel(SegmentationModel):
+    """The smallest engine around one encoder: what is tested is run_encoder."""
+
+    family = "tiny"
+
+    def __init__(self, encoder, backend="torch", device="cpu"):
+        self.encoder, self.encoder_backend, self.device = encoder.eval(), backend, device
+
+    def fingerprint(self):
+        return "tiny-" + accel._module_digest(self.encoder)
+
+    def encode(self, x):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        if x.ndim == 2:  # a slice from SlicePredictor
+            x = x[None, None].repeat(1, 3, 1, 1)
+        with torch.no_grad():
+            return {"image_embedding": self.run_encoder(self.encoder, x).numpy()}
+
+    def decode(self, embedding, prompt):
+        raise NotImplementedError("encoder tests only")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "openvino", "onnxruntime", "torch-autocast"])
+def test_run_encoder_on_a_gpu_device_uses_torch(backend, encoder, image, reference, tmp_path, monkeypatch):
+    """model.device "cuda": exports (CPU-only) become torch fp32, autocast stays autocast.
+
+    The weights stay on the CPU here (no GPU on the test machine): the
+    dispatch is what is checked; autocast picks its dtype from where the
+    weights are.
+    """
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
+    model = TinyModel(encoder, backend, device="cuda")
+    out = model.encode(image)["image_embedding"]
+    if backend == "torch-autocast":
+        assert model.last_encoder_backend == "torch-autocast"
+        assert not np.array_equal(out, reference.numpy())
+    else:
+        assert model.last_encoder_backend == "torch"
+        assert np.array_equal(out, reference.numpy())
+    assert not any(tmp_path.iterdir())  # nothing exported
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_encoder_fp32_and_autocast(image, reference):
+    enc = small_vit().cuda()
+    x = image.cuda()
+    for backend in ("auto", "torch-autocast"):
+        model = TinyModel(enc, backend, device="cuda")
+        with torch.no_grad():
+            out = model.run_encoder(enc, x)
+        assert out.dtype == torch.float32 and out.is_cuda
+        a, b = out.cpu().numpy().ravel(), reference.numpy().ravel()
+        cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        if backend == "auto":
+            assert model.last_encoder_backend == "torch" and cos > 0.99999
+        else:
+            assert model.last_encoder_backend == "torch-autocast" and 0.99 < cos < 1.0
+
+
+def test_predictor_cache_key_per_backend(encoder, tmp_path, monkeypatch):
+    from napari_samlab import SlicePredictor
+
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
+    img = np.random.default_rng(0).random(SHAPE[2:]).astype(np.float32)
+    keys = {}
+    for backend in ("torch", "torch-autocast", *EXPORT_BACKENDS[:1]):
+        model = TinyModel(encoder, backend)
+        p = SlicePredictor(model)
+        p.set_image(img, window="none")
+        assert model.last_encoder_backend == backend
+        keys[backend] = p.key
+    assert len(set(keys.values())) == len(keys)  # an approximate embedding never answers for an exact one
+
+
+# ----------------------------------------------------------------------
+# cancellable encodes
+def slow_encoder(width: int = 48, depth: int = 10):
+    """Few weights, much arithmetic: about a second per 384 px encode, an export in a second."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, width, 3, padding=1)]
+    for _ in range(depth):
+        layers += [torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers).eval()
+
+
+def test_cancellable_is_per_thread_and_nests():
+    import threading
+
+    from napari_samlab.errors import Cancelled, SamlabError
+    from napari_samlab.models.base import cancellable, current_cancel_event, raise_if_cancelled
+
+    assert not issubclass(Cancelled, SamlabError)
+    outer, inner = threading.Event(), threading.Event()
+    raise_if_cancelled()  # no context: nothing to do
+    with cancellable(outer):
+        with cancellable(inner):
+            assert current_cancel_event() is inner
+            outer.set()
+            raise_if_cancelled()  # only the innermost event counts
+        assert current_cancel_event() is outer
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(current_cancel_event()))
+        t.start()
+        t.join()
+        assert seen == [None]  # other threads are not affected
+        with pytest.raises(Cancelled):
+            raise_if_cancelled()
+    assert current_cancel_event() is None
+
+
+@pytest.mark.parametrize("backend", ["torch", *EXPORT_BACKENDS])
+def test_cancel_stops_an_encode(backend, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from napari_samlab.errors import Cancelled
+    from napari_samlab.models.base import cancellable
+
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
+    model = TinyModel(slow_encoder(), backend)
+    size = 128 if backend == "torch" else 384  # torch is not timed: it always finishes its forward pass
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    want = model.encode(x)["image_embedding"]  # exports; outside cancellable(): runs as before
+    assert model.last_encoder_backend == backend
+    t0 = time.perf_counter()
+    model.encode(x)
+    full = time.perf_counter() - t0
+
+    stop = threading.Event()
+    stop.set()
+    with cancellable(stop), pytest.raises(Cancelled):  # set before: nothing runs
+        model.encode(x)
+
+    stop = threading.Event()
+    timer = threading.Timer(0.05, stop.set)
+    t0 = time.perf_counter()
+    timer.start()
+    with cancellable(stop), pytest.raises(Cancelled):
+        model.encode(x)
+    took = time.perf_counter() - t0
+    timer.join()
+    if backend != "torch":  # torch finishes its forward pass, then stops
+        assert took < 0.5 * full, f"cancelled encode took {took:.2f} s, a full one {full:.2f} s"
+    # the model is still usable, with the same result
+    with cancellable(threading.Event()):
+        again = model.encode(x)["image_embedding"]
+    assert np.array_equal(again, want)
+
+
+# ----------------------------------------------------------------------
+# PyTorch's copy of the weights leaves the heap once an export runs
+def _mapped_spill_files() -> list:
+    maps = open("/proc/self/maps").read().splitlines()
+    return [line for line in maps if ".spill-" in line and "(deleted)" in line]
+
+
+@pytest.mark.skipif(not EXPORT_BACKENDS or not hasattr(__import__("os"), "fork"), reason="needs an export backend, POSIX")
+def test_export_spills_torch_weights_to_a_map_with_identical_values(image, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
+    enc = small_vit()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    n0 = len(_mapped_spill_files())
+    model = TinyModel(enc, EXPORT_BACKENDS[-1])
+    fast = model.encode(image)["image_embedding"]
+    assert model.last_encoder_backend == EXPORT_BACKENDS[-1]
+    assert enc._samlab_spilled is True
+    assert len(_mapped_spill_files()) == n0 + 1  # the weights live in an unlinked, mapped file ...
+    assert not list(tmp_path.rglob(".spill-*"))  # ... that has no name left to clean up
+    after = enc.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    model.encoder_backend = "torch"  # PyTorch again: pages come back from the file
+    assert np.array_equal(model.encode(image)["image_embedding"], reference.numpy())
+    assert np.allclose(fast, reference.numpy(), rtol=1e-4, atol=1e-4 * float(reference.abs().max()))
+
+
+def test_spill_keeps_weights_in_memory_when_the_folder_is_unusable(tmp_path):
+    enc = small_vit()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    assert accel.spill_weights(enc, blocker / "sub") is False
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())

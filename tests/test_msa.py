@@ -308,7 +308,8 @@ def test_detect_rejects_other_families():
     ("B", 224, (90, 130), (52, 50)),
     ("A", 1024, (64, 80), (30, 35)),
 ])
-def test_msa_matches_reference(tmp_path, generation, size, shape, click):
+def test_msa_matches_reference(tmp_path, generation, size, shape, click, each_encoder_backend):
+    """Every generation, with the upstream PyTorch encoder and the fastest exported one (issue 6)."""
     if generation == "A":
         # generation A: pos_embed stored at the grid size and added as is; 1024 px, small width for speed
         sd = load_state(write_msa(tmp_path, "A", dim=32, heads=2, depth=2, global_idx=(1,), image_size=1024,
@@ -318,10 +319,12 @@ def test_msa_matches_reference(tmp_path, generation, size, shape, click):
         sd = load_state(write_msa(tmp_path, generation, image_size=size, seed=1))
         kw = {}
     model = build_msa(sd)
+    model.encoder_backend = each_encoder_backend  # build_msa keeps torch; load_model would pick
     assert model.generation == generation and model.image_size == size
     assert model.supports_points and not model.supports_boxes and model.needs_prompt
     rgb = rgb_image(*shape)
     emb = model.encode(rgb)
+    assert model.last_encoder_backend == each_encoder_backend
     assert emb["image_embedding"].shape == (1, 256, size // 16, size // 16)
     assert list(emb["original_size"]) == list(shape)
     pred = model.decode(emb, Prompt(points=[click], point_labels=[1]))
@@ -354,16 +357,28 @@ def test_click_is_swapped_to_row_col(tmp_path):
         model.check_prompt(Prompt(box=(1, 1, 20, 20)), (256, 256))
 
 
-def test_old_127_row_tables_and_explicit_size(tmp_path):
+def test_old_127_row_tables_and_explicit_size(tmp_path, each_encoder_backend):
     """Files from January 2024 keep 127-row global tables whatever the size: resampled at run time."""
     sd = load_state(write_msa(tmp_path, "B", image_size=256, global_rows=127, seed=5))
     assert detect_msa(sd)["image_size"] == 1024
     model = build_msa(sd, image_size=256)
+    model.encoder_backend = each_encoder_backend
     assert model.image_size == 256
     rgb = rgb_image(80, 80, seed=1)
     pred = model.decode(model.encode(rgb), Prompt(points=[(30, 40)], point_labels=[1]))
+    assert model.last_encoder_backend == each_encoder_backend
     ref_logits, _ = ref_predict(sd, "B", rgb, (30, 40), 256)
     assert_same_mask(pred, ref_logits)
+
+
+def test_load_model_default_encoder_backend(tmp_path, monkeypatch):
+    """MSA is among the families with the exported encoder on by default."""
+    from napari_samlab.models.registry import load_model
+
+    monkeypatch.delenv("SAMLAB_ENCODER_BACKEND", raising=False)
+    path = write_msa(tmp_path, "C", image_size=256, depth=2, global_idx=(1,))
+    assert load_model(path).encoder_backend == "auto"
+    assert load_model(path, encoder_backend="torch").encoder_backend == "torch"
 
 
 def test_incomplete_checkpoint(tmp_path):

@@ -245,15 +245,19 @@ def test_detect_samed_and_others(tmp_path):
     assert detect_samed({}) is None
 
 
-def test_samed_matches_upstream_inference(tmp_path):
+# The faithfulness tests run with the upstream PyTorch encoder and with the
+# fastest exported one (issue 6: the fast path must keep the masks).
+def test_samed_matches_upstream_inference(tmp_path, each_encoder_backend):
     base = load(write_base(tmp_path))
     lora = load(write_samed(tmp_path))
     model = build_samed(lora, base)
+    model.encoder_backend = each_encoder_backend  # build_samed keeps torch; load_model would pick
     assert model.family == "samed" and model.needs_prompt is False and model.num_classes == 8
     ref = reference_net(lora, base)
     for shape, seed in (((90, 76), 0),):
         slc = ct_slice(*shape, seed=seed)
         emb = model.encode(slc)
+        assert model.last_encoder_backend == each_encoder_backend
         assert emb["image_embedding"].shape == (1, 256, 32, 32)
         assert list(emb["original_size"]) == list(shape)
         pred = model.decode(emb, Prompt())
@@ -268,11 +272,12 @@ def test_samed_matches_upstream_inference(tmp_path):
         assert 0.0 < pred.score <= 1.0
 
 
-def test_samed_s_decoder_lora_matches_upstream(tmp_path):
+def test_samed_s_decoder_lora_matches_upstream(tmp_path, each_encoder_backend):
     base = load(write_base(tmp_path))
     lora = load(write_samed(tmp_path, decoder_lora=True, num_classes=4, name="samed_s.pth"))
     assert not any("transformer" in k for k in lora if k.startswith("mask_decoder."))
     model = build_samed(lora, base)
+    model.encoder_backend = each_encoder_backend
     assert model.variant == "samed_s" and model.num_classes == 4
     # decoder transformer = base + B@A on q/v of the right layers, untouched elsewhere
     sd = model.sam.state_dict()
@@ -284,10 +289,21 @@ def test_samed_s_decoder_lora_matches_upstream(tmp_path):
     ref = reference_net(lora, base)
     slc = ct_slice(70, 100, seed=3)
     emb = model.encode(slc)
+    assert model.last_encoder_backend == each_encoder_backend
     pred = model.decode(emb, Prompt())
     ref_map, ref_logits = reference_slice(ref, slc)
     assert len(np.unique(pred.labels)) >= 2
     assert_same_classes(pred.labels, ref_map, ref_logits)
+
+
+def test_load_model_default_encoder_backend(tmp_path, monkeypatch):
+    """SAMed is among the families with the exported encoder on by default."""
+    from napari_samlab.models.registry import load_model
+
+    monkeypatch.delenv("SAMLAB_ENCODER_BACKEND", raising=False)
+    base, lora = write_base(tmp_path, depth=2, global_idx=[1]), write_samed(tmp_path, depth=2, global_idx=[1])
+    assert load_model(lora, base_checkpoint=base).encoder_backend == "auto"
+    assert load_model(lora, base_checkpoint=base, encoder_backend="torch").encoder_backend == "torch"
 
 
 def test_samed_h_layout_small(tmp_path):

@@ -15,11 +15,18 @@ runs on one of several backends:
     optimisation enabled.
 ``"openvino"``
     converted once with :func:`openvino.convert_model`, the IR cached on
-    disk in fp32, compiled for the CPU with ``INFERENCE_PRECISION_HINT=f32``.
+    disk in fp32, compiled for the CPU with ``INFERENCE_PRECISION_HINT=f32``
+    at each load (about a second for a ViT-B; OpenVINO's own blob cache
+    saved 0.1 s of that and doubled the disk use, so it is not used).
 ``"onnxruntime-int8"``, ``"openvino-int8"``  (approximate, opt-in)
     dynamic int8 quantisation of the matrix multiplications (ONNX Runtime's
     ``quantize_dynamic``; OpenVINO runs the same quantised ONNX graph).
     Embeddings differ from fp32 (cosine ~0.99+): never chosen by ``"auto"``.
+``"torch-autocast"``  (approximate, opt-in)
+    the module under :func:`torch.autocast` on its own device: float16 on
+    CUDA, bfloat16 on the CPU; the output is cast back to float32.  Meant for
+    GPUs: on a CPU without bf16 units (AVX512-BF16/AMX) it is far slower than
+    fp32 (LiteMedSAM: 30 s instead of 3 s per slice on a 2-core AVX2 CPU).
 ``"auto"``
     the fastest *exact* backend that is installed and whose output matches
     PyTorch (checked once when the export is made, recorded in the cache);
@@ -30,7 +37,16 @@ Exports are never made at import time: the first call of
 exports and verifies (a ViT-B at 1024 takes about a minute), every later
 call, in any process, loads the cached file.  A cache entry whose content
 hash does not match its record (truncated, corrupt, half written) is
-rebuilt, never used.
+rebuilt, never used; so is a compiled OpenVINO blob that differs from the
+hash recorded when it was written (OpenVINO itself would run a blob with a
+flipped weight byte).
+
+Cancelling: an encoder called with ``cancel=`` (a :class:`threading.Event`)
+raises :class:`napari_samlab.errors.Cancelled` once the event is set.
+OpenVINO runs the inference as an async request and cancels it, ONNX Runtime
+stops through ``RunOptions.terminate``; both give up within a fraction of a
+second.  PyTorch cannot stop in the middle of a forward pass: the event is
+checked before and after it.
 
 Cache location: ``cache_dir`` argument, else ``$SAMLAB_CACHE_DIR/encoders``,
 else ``~/.cache/napari-samlab/encoders``.
@@ -46,6 +62,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+import threading
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -56,7 +73,7 @@ log = logging.getLogger(__name__)
 #: backends whose output equals PyTorch fp32 up to float rounding
 EXACT_BACKENDS = ("torch", "onnxruntime", "openvino")
 #: opt-in backends that trade accuracy for speed
-APPROX_BACKENDS = ("onnxruntime-int8", "openvino-int8")
+APPROX_BACKENDS = ("onnxruntime-int8", "openvino-int8", "torch-autocast")
 #: ``"auto"`` tries these in order (fastest first, as measured by
 #: benchmarks/bench_encoder.py on a 2-core AVX2 CPU) and keeps the first
 #: that is installed, exports and verifies.
@@ -69,6 +86,8 @@ EXACT_RTOL = 1e-3
 _CACHE_FORMAT = 1  # bump when the layout of a cache entry changes
 _ONNX_OPSET = 17
 _QUANT_SETTINGS = "dynamic,MatMul+Gemm,s8,reduce_range,const-B"  # in the cache key of the int8 backends
+#: how often (ms) an OpenVINO request being waited for looks at the cancel event
+CANCEL_POLL_MS = 50
 
 
 # ----------------------------------------------------------------------
@@ -142,6 +161,7 @@ def backend_available(backend: str) -> bool:
 
     need = {
         "torch": [],
+        "torch-autocast": [],
         "onnxruntime": ["onnx", "onnxruntime"],
         "onnxruntime-int8": ["onnx", "onnxruntime"],
         "openvino": ["openvino"],
@@ -220,11 +240,11 @@ class AcceleratedEncoder:
     backend : str
         The backend actually used (``"auto"`` resolved).
     exact : bool
-        False for the int8 backends.
+        False for the approximate backends (int8, ``"torch-autocast"``).
     input_shape : tuple of int
         The fixed ``(1, 3, S, S)`` input shape.
     cache_path : Path or None
-        Directory of the cache entry (None for ``"torch"``).
+        Directory of the cache entry (None for the PyTorch backends).
     exported : bool
         True when this construction made the export (cache miss).
     verify_error : float or None
@@ -245,20 +265,51 @@ class AcceleratedEncoder:
         self.verify_error = verify_error
         self.threads = threads
 
-    def __call__(self, x: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, x: Union[np.ndarray, torch.Tensor], cancel: Optional[threading.Event] = None) -> torch.Tensor:
         """Encode ``x`` of shape :attr:`input_shape` (float32, numpy or torch).
+
+        Parameters
+        ----------
+        x : ndarray or torch.Tensor
+            The encoder's input.
+        cancel : threading.Event, optional
+            Once set, the encode stops and raises
+            :class:`~napari_samlab.errors.Cancelled` (at once with OpenVINO
+            and ONNX Runtime, after the forward pass with PyTorch).
 
         Returns
         -------
         torch.Tensor
-            float32 on the CPU, e.g. (1, 256, 64, 64) for a SAM ViT at 1024.
+            float32, e.g. (1, 256, 64, 64) for a SAM ViT at 1024; on the CPU
+            except for the PyTorch backends on a GPU.
+
+        Raises
+        ------
+        Cancelled
+            ``cancel`` was set before the encode finished.
+
+        Examples
+        --------
+        >>> f = accelerated_encoder(encoder, (1, 3, 256, 256), backend="torch")   # doctest: +SKIP
+        >>> f(np.zeros((1, 3, 256, 256), np.float32)).dtype                       # doctest: +SKIP
+        torch.float32
         """
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"encoder input has shape {tuple(x.shape)}, this encoder was built for {self.input_shape}")
-        return self._run(x)
+        _check_cancel(cancel)
+        out = self._run(x, cancel)
+        _check_cancel(cancel)  # set during a forward that could not stop: the caller still stops
+        return out
 
     def __repr__(self) -> str:
         return f"AcceleratedEncoder(backend={self.backend!r}, input_shape={self.input_shape}, threads={self.threads})"
+
+
+def _check_cancel(cancel: Optional[threading.Event]) -> None:
+    if cancel is not None and cancel.is_set():
+        from ..errors import Cancelled
+
+        raise Cancelled("encoding stopped on request")
 
 
 # ----------------------------------------------------------------------
@@ -267,12 +318,55 @@ def _torch_runner(encoder: torch.nn.Module, threads: int) -> Callable:
     encoder.eval()
     device = next(encoder.parameters()).device
 
-    def run(x):
+    def run(x, cancel=None):
         # set per call: other code (or another library) may have changed it
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         with torch.inference_mode():
             return encoder(_as_tensor(x).to(device)).float()
+
+    return run
+
+
+def autocast_dtype(device_type: str) -> torch.dtype:
+    """The lower precision ``"torch-autocast"`` uses on a device type.
+
+    Parameters
+    ----------
+    device_type : str
+        ``"cuda"``, ``"cpu"`` (any other type gets bfloat16 as well).
+
+    Returns
+    -------
+    torch.dtype
+        float16 on CUDA (tensor cores, every CUDA GPU), bfloat16 elsewhere
+        (the only low precision PyTorch's CPU autocast offers).
+
+    Examples
+    --------
+    >>> autocast_dtype("cuda"), autocast_dtype("cpu")
+    (torch.float16, torch.bfloat16)
+    """
+    return torch.float16 if device_type == "cuda" else torch.bfloat16
+
+
+def _autocast_runner(encoder: torch.nn.Module, threads: int, device_type: Optional[str] = None) -> Callable:
+    """The module under autocast on its own device; float32 out.
+
+    ``device_type`` defaults to where the parameters are; the runner moves
+    the input there, so tests can drive the CUDA settings on any machine.
+    """
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    device_type = device_type or device.type
+    dtype = autocast_dtype(device_type)
+
+    def run(x, cancel=None):
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        with torch.inference_mode(), torch.autocast(device_type=device_type, dtype=dtype):
+            out = encoder(_as_tensor(x).to(device))
+        return out.float()
 
     return run
 
@@ -313,18 +407,41 @@ def _ort_session(model_path: Path, threads: int):
 
 
 def _ort_runner(session) -> Callable:
+    import onnxruntime as ort
+
     name = session.get_inputs()[0].name
 
-    def run(x):
-        return torch.from_numpy(session.run(None, {name: _as_numpy(x)})[0])
+    def run(x, cancel=None):
+        feeds = {name: _as_numpy(x)}
+        if cancel is None:
+            return torch.from_numpy(session.run(None, feeds)[0])
+        # ONNX Runtime checks RunOptions.terminate between kernels: a watcher
+        # thread sets it when the event fires (session.run holds no GIL)
+        options = ort.RunOptions()
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                if cancel.wait(CANCEL_POLL_MS / 1000):
+                    options.terminate = True
+                    return
+
+        watcher = threading.Thread(target=watch, name="samlab-ort-cancel", daemon=True)
+        watcher.start()
+        try:
+            out = session.run(None, feeds, options)[0]
+        except Exception:
+            _check_cancel(cancel)  # the termination's own error means "cancelled"
+            raise
+        finally:
+            done.set()
+            watcher.join()
+        return torch.from_numpy(out)
 
     return run
 
 
-def _ov_compiled(model_or_path, threads: int, exact: bool):
-    import openvino as ov
-
-    core = ov.Core()
+def _ov_config(threads: int, exact: bool) -> dict:
     config = {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": threads,
@@ -334,17 +451,36 @@ def _ov_compiled(model_or_path, threads: int, exact: bool):
     }
     if not exact:
         config.pop("INFERENCE_PRECISION_HINT")
-    model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
-    return core.compile_model(model, "CPU", config)
+    return config
+
+
+def _ov_compiled(model_or_path, threads: int, exact: bool):
+    import openvino as ov
+
+    model = ov.Core().read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    return ov.Core().compile_model(model, "CPU", _ov_config(threads, exact))
 
 
 def _ov_runner(compiled) -> Callable:
     request = compiled.create_infer_request()
     out = compiled.output(0)
+    lock = threading.Lock()  # one request: calls from two threads take turns
 
-    def run(x):
-        # copy: the request's output buffer is reused by the next call
-        return torch.from_numpy(np.array(request.infer([_as_numpy(x)])[out], copy=True))
+    def run(x, cancel=None):
+        with lock:
+            if cancel is None:
+                # copy: the request's output buffer is reused by the next call
+                return torch.from_numpy(np.array(request.infer([_as_numpy(x)])[out], copy=True))
+            request.start_async([_as_numpy(x)])
+            while not request.wait_for(CANCEL_POLL_MS):
+                if cancel.is_set():
+                    request.cancel()
+                    try:
+                        request.wait()  # raises "Infer Request was canceled"; the request stays usable
+                    except RuntimeError:
+                        pass
+                    _check_cancel(cancel)
+            return torch.from_numpy(np.array(request.get_tensor(out).data, copy=True))
 
     return run
 
@@ -424,7 +560,10 @@ def _build_entry(entry: Path, backend: str, encoder: torch.nn.Module, shape: tup
                 onnx_dir.mkdir()
                 try:
                     _export_onnx(encoder, shape, onnx_dir / "model.onnx")
-                    model = ov.convert_model(str(onnx_dir / "model.onnx"))
+                    # read_model: the ONNX frontend alone; convert_model's extra
+                    # passes took 11 s on ViT-B (3 s on a test model) and gave
+                    # the same compiled output
+                    model = ov.Core().read_model(str(onnx_dir / "model.onnx"))
                 except Exception as err:  # noqa: BLE001 - fall back to the direct conversion
                     log.info("ONNX route to OpenVINO failed (%s); converting the module directly", err)
             if model is None:
@@ -500,13 +639,14 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
     ----------
     encoder : torch.nn.Module
         The image encoder (e.g. ``sam.image_encoder``), already holding its
-        final weights and on the CPU for the export backends.  It is not
-        modified (except ``.eval()``).
+        final weights and on the CPU for the export backends (the PyTorch
+        backends run it where it is).  It is not modified (except ``.eval()``).
     input_shape : sequence of int
         ``(1, 3, S, S)``; exports are made for exactly this shape.
     backend : str
         ``"auto"`` (default), ``"torch"``, ``"onnxruntime"``, ``"openvino"``,
-        or the approximate ``"onnxruntime-int8"`` / ``"openvino-int8"``.
+        or the approximate ``"onnxruntime-int8"`` / ``"openvino-int8"`` /
+        ``"torch-autocast"``.
     cache_dir : path, optional
         Where exports are kept; default :func:`default_cache_dir`.
     weights_key : str
@@ -554,6 +694,8 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
 
     if backend == "torch":
         return AcceleratedEncoder(_torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
+    if backend == "torch-autocast":
+        return AcceleratedEncoder(_autocast_runner(encoder, threads), backend, shape, exact=False, threads=threads)
     if backend != "auto":
         if not backend_available(backend):
             raise RuntimeError(f"encoder backend {backend!r} needs packages that are not installed")
@@ -578,3 +720,67 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
             continue
         return f
     return AcceleratedEncoder(_torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
+
+
+def spill_weights(module: torch.nn.Module, folder: Union[str, os.PathLike, None] = None) -> bool:
+    """Move a module's parameters and buffers out of the heap into a file-backed map.
+
+    Once an exported encoder runs, the PyTorch copy of its weights (360 MB
+    for a ViT-B) is needed only if PyTorch runs again (another input size,
+    another backend).  This writes them to an unnamed temporary file and
+    maps it back copy-on-write (``torch.load(mmap=True)``): the values and
+    the module stay exactly the same, but the pages leave the resident set
+    and come back from the file only when touched.  The file is unlinked at
+    once (it lives as long as the mapping, and nothing can truncate it), so
+    it needs no cleaning up.  Linux/macOS only; anywhere it cannot be done
+    (no space, other platforms) the weights simply stay in memory.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    folder : path, optional
+        Where the temporary file goes; default :func:`default_cache_dir`.
+
+    Returns
+    -------
+    bool
+        True when the weights now live in the map.
+
+    Examples
+    --------
+    >>> spill_weights(model.net.image_encoder)          # doctest: +SKIP
+    True
+    """
+    if os.name != "posix":
+        return False
+    state = module.state_dict()
+    if not state or any(t.device.type != "cpu" for t in state.values()):
+        return False
+    folder = Path(folder) if folder is not None else default_cache_dir()
+    path = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".pt", dir=folder)
+        os.close(fd)
+        path = Path(name)
+        torch.save(state, path)
+        mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        module.load_state_dict(mapped, strict=True, assign=True)
+    except Exception as err:  # noqa: BLE001 - an optimisation: keep the weights in memory
+        log.info("weights stay in memory (%s)", err)
+        return False
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    _trim_heap()
+    return True
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -225,11 +225,12 @@ def _check_compatible(name: str, info: FamilyInfo, family: Optional[str]) -> str
     raise SamlabError(f"{name} is {_what_file_is(info)}, not {_PRETTY.get(family, family)}: use {suggestion}")
 
 
-ENCODER_BACKENDS = ("torch", "auto", "openvino", "onnxruntime", "openvino-int8", "onnxruntime-int8")
+ENCODER_BACKENDS = ("torch", "auto", "openvino", "onnxruntime", "openvino-int8", "onnxruntime-int8", "torch-autocast")
 # Families whose faithfulness tests pass with an exported fp32 encoder (run
-# both ways in tests/test_sam_medsam.py and tests/test_litemedsam.py): they
-# get the fastest exact backend by default; the others keep upstream torch.
-FAST_ENCODER_FAMILIES = ("sam", "medsam", "litemedsam")
+# both ways in tests/test_sam_medsam.py, test_litemedsam.py, test_samed.py and
+# test_msa.py): they get the fastest exact backend by default; the others
+# (classic: no encoder) keep upstream torch.
+FAST_ENCODER_FAMILIES = ("sam", "medsam", "litemedsam", "samed", "msa")
 
 
 def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optional[str] = None,
@@ -253,9 +254,11 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         ``"torch"`` (upstream PyTorch), ``"auto"`` (fastest exported fp32
         backend whose output matches PyTorch within 1e-3 relative, else
         torch), ``"openvino"``, ``"onnxruntime"``, or the approximate
-        ``"openvino-int8"`` / ``"onnxruntime-int8"``.  Default: the
-        ``SAMLAB_ENCODER_BACKEND`` environment variable, else ``"auto"`` for
-        SAM, MedSAM and LiteMedSAM on CPU and ``"torch"`` for the others.
+        ``"openvino-int8"`` / ``"onnxruntime-int8"`` / ``"torch-autocast"``
+        (PyTorch autocast: float16 on CUDA, bfloat16 on CPU).  Exports run on
+        the CPU: on CUDA every choice but ``"torch-autocast"`` runs PyTorch
+        fp32.  Default: the ``SAMLAB_ENCODER_BACKEND`` environment variable,
+        else ``"auto"`` for SAM, MedSAM, LiteMedSAM, SAMed and MSA.
 
     Returns
     -------
