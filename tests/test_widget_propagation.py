@@ -291,7 +291,9 @@ def test_fill_between_painted_and_committed_slices(make_napari_viewer, qtbot, cr
 
 def test_background_prefetch(make_napari_viewer, qtbot, crop):
     """After a propagation the next slices are encoded in the background; segmenting one needs no encode."""
-    viewer, seg, (img,) = _crop_panel(make_napari_viewer, crop, ClassicModel(), prefetch=True)
+    vol, truth, _ = crop
+    # a model with an encoder of its own (the classic engine is never prefetched: tests/test_prefetch.py)
+    viewer, seg, (img,) = _crop_panel(make_napari_viewer, crop, OracleModel(vol, truth), prefetch=True)
     predictor = seg.session.predictor
     panel = seg.propagation
     seg.set_slice(Z0)
@@ -306,17 +308,18 @@ def test_background_prefetch(make_napari_viewer, qtbot, crop):
     assert seg.segment(wait=True) is not None
     assert predictor.encoder_calls == calls  # came from the cache
 
-    # moving to a slice while reviewing encodes around it once the user is idle
+    # moving to a slice while reviewing encodes it and its neighbours once the user is idle (moved up: 51 first)
+    assert zp < 50
     seg.set_slice(50)
     # (wait for the outcome: a short prefetch may start and end between two polls)
-    qtbot.waitUntil(lambda: panel.prefetched == [50, 49, 51, 48] and not panel.prefetching, timeout=60000)
+    qtbot.waitUntil(lambda: panel.prefetched == [50, 51, 49, 52, 48] and not panel.prefetching, timeout=60000)
     calls = predictor.encoder_calls
     seg.set_slice(51)
     seg.set_box(*CBOX)
     seg.segment(wait=True)
     assert predictor.encoder_calls == calls
 
-    # the user's next action stops it between slices
+    # the user's next action stops a prefetch a script started (the classic engine: between slices)
     slow = SlowClassic(delay=0.3)
     session_for(viewer).set_model(slow, "slow")  # the preview's prompted slices are re-segmented with it
     qtbot.waitUntil(lambda: not seg.busy, timeout=30000)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Union
 
 import numpy as np
 
-from ..errors import SamlabError
+from ..errors import Cancelled, SamlabError
 from ..models.base import Prediction, Prompt
 from ..predict.windowing import Window, resolve_window
 from .plan import RunSpec, make_runs, z_limits
@@ -572,14 +572,18 @@ class _Engine:
             for r in runs:
                 if not r.active:
                     continue
-                if self.check_cancel():
-                    for rr in runs:
-                        if rr.active:
-                            self.stop(rr, "cancelled")
-                    if r is not None and self.records.get(r.last_kept) is not None:
-                        self.records[r.last_kept].flags.add("cancelled")
-                    return
-                self.step(r)
+                if not self.check_cancel():
+                    try:
+                        self.step(r)
+                        continue
+                    except Cancelled:  # stopped mid-encode: set_image failed before this slice left any state
+                        self.cancelled = True
+                for rr in runs:
+                    if rr.active:
+                        self.stop(rr, "cancelled")
+                if self.records.get(r.last_kept) is not None:
+                    self.records[r.last_kept].flags.add("cancelled")
+                return
 
 
 # ----------------------------------------------------------------------
@@ -651,7 +655,11 @@ def _segment_all(predictor, vol, anchors, s, win, out, labels, locked, old, canc
         if a is not None and not isinstance(a, Prompt):
             mask, score, lab, src = np.asarray(a, bool), 1.0, None, "anchor"
         else:
-            predictor.set_image(vol[z], window=win)
+            try:
+                predictor.set_image(vol[z], window=win)
+            except Cancelled:
+                cancelled = True
+                break
             pred = predictor.predict_prompt(Prompt())
             mask, score, lab, src = np.asarray(pred.mask, bool), float(pred.score), pred.labels, "propagated"
         if locked is not None:
@@ -754,7 +762,11 @@ def _start_runs(eng: _Engine, anchors: dict, specs, write: set):
             break
         needed = z in write or any(sp.start == z for sp in specs)
         if needed:
-            state[z] = eng.anchor_state(z, anchors[z], write=z in write)
+            try:
+                state[z] = eng.anchor_state(z, anchors[z], write=z in write)
+            except Cancelled:
+                eng.cancelled = True
+                break
     runs = []
     for sp in specs:
         if sp.start not in state:

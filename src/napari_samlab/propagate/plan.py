@@ -14,7 +14,8 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["PropagationPlan", "RunSpec", "make_runs", "visit_order", "next_slices_to_encode", "encode_slices"]
+__all__ = ["PropagationPlan", "RunSpec", "make_runs", "visit_order", "next_slices_to_encode", "slices_around",
+           "encode_slices"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,53 @@ def next_slices_to_encode(source, n: int = 4, *, n_slices: Optional[int] = None,
             raise ValueError("n_slices is required when source is not a PropagationResult")
         anchors = list(source.keys()) if isinstance(source, dict) else [int(z) for z in source]
     return PropagationPlan(n_slices, anchors, settings).remaining(done, n)
+
+
+def slices_around(z: int, n_slices: int, n: int = 5, direction: int = 1, encoded: Iterable[int] = ()) -> List[int]:
+    """The slice the user looks at, then its neighbours by distance.
+
+    At each distance the neighbour in the direction the user last moved
+    comes first (scrolling up, the slice above is likely next).  Near the
+    ends of the volume the other side fills in.
+
+    Parameters
+    ----------
+    z : int
+        The displayed slice.
+    n_slices : int
+        Number of slices in the volume.
+    n : int
+        How many slices to return (including ``z``).
+    direction : int
+        The last movement: > 0 towards higher slice numbers, < 0 towards
+        lower ones (0 counts as up).
+    encoded : iterable of int
+        Slices already encoded (skipped).
+
+    Returns
+    -------
+    list of int
+
+    Examples
+    --------
+    >>> slices_around(10, 20, 5, direction=-1)
+    [10, 9, 11, 8, 12]
+    >>> slices_around(10, 20, 4)
+    [10, 11, 9, 12]
+    >>> slices_around(1, 20, 4, direction=-1)
+    [1, 0, 2, 3]
+    """
+    z, n_slices, n = int(z), int(n_slices), max(int(n), 0)
+    first = -1 if direction < 0 else 1
+    done = {int(e) for e in encoded}
+    out = [z] if 0 <= z < n_slices and z not in done else []
+    for d in range(1, n_slices):
+        if len(out) >= n:
+            break
+        for zz in (z + first * d, z - first * d):
+            if 0 <= zz < n_slices and zz not in done:
+                out.append(zz)
+    return out[:n]
 
 
 def encode_slices(predictor, volume: np.ndarray, zs: Iterable[int], window="auto", modality=None,

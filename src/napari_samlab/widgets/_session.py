@@ -13,6 +13,7 @@ from typing import Dict, Optional
 
 from psygnal import Signal
 
+from ..predict.cache import DEFAULT_MEMORY_MB
 from ..predict.predictor import SlicePredictor
 
 
@@ -50,7 +51,7 @@ class ModelSession:
         self.description = ""
         self.generation = 0  # bumped per model: results of older models are stale
         # SlicePredictor keyword arguments, kept across model changes
-        self.predictor_settings: dict = {"memory_mb": 1024.0, "memory_dtype": "float32", "cache_dir": None}
+        self.predictor_settings: dict = {"memory_mb": DEFAULT_MEMORY_MB, "memory_dtype": "float32", "cache_dir": None}
 
     def configure(self, **settings) -> None:
         """Change the predictor's cache settings (see :meth:`SlicePredictor.configure`).

@@ -16,15 +16,23 @@ Thin translation between napari and :mod:`napari_samlab.propagate`:
   elsewhere survive, and voxels of completed/locked segments are passed as
   ``locked``;
 * "Fill between slices" is :func:`~napari_samlab.propagate.interpolate_slices`;
-* after a propagation, and when the user moves between slices while
-  reviewing one, the slices next in line are encoded in a low-priority
-  worker (:func:`~napari_samlab.propagate.next_slices_to_encode`), stopped
-  as soon as the user starts anything else.
+* background prefetch: while the user looks at a slice of a volume (with a
+  model whose encode is not trivial), the slice and its neighbours
+  (:func:`~napari_samlab.propagate.plan.slices_around`, the direction of the
+  last movement first) are encoded in a low-priority thread; after a
+  propagation, the slices next in its schedule
+  (:func:`~napari_samlab.propagate.next_slices_to_encode`).  Moving,
+  prompting, propagating or closing cancels it mid-encode
+  (:func:`~napari_samlab.models.base.cancellable`), so the session lock is
+  free for the user's action at once.  Cancel stops a running propagation
+  the same way, not only between slices.
 
 No algorithm lives here.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from dataclasses import dataclass, fields, replace
 from typing import Dict, Iterable, List, Optional
@@ -37,17 +45,25 @@ from qtpy.QtWidgets import (
     QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout,
 )
 
-from ..errors import SamlabError
+from ..errors import Cancelled, SamlabError
+from ..models.base import cancellable
 from ..propagate import (
     FLAGS, PropagationResult, PropagationSettings, interpolate_slices, next_slices_to_encode,
     propagate_volume, repropagate,
 )
+from ..propagate.plan import slices_around
 from ._common import progress_and_cancel, wait_until
 from ._plane import layer_array, spatial_shape
 
 FLAG_COLOR = QColor(255, 205, 195)
 PREFETCH_N = 4
 PREFETCH_IDLE_MS = 400
+#: neighbours encoded around the displayed slice (besides the slice itself)
+PREFETCH_AROUND = 4
+#: added to the prefetch thread's nice value (Linux)
+PREFETCH_NICE = 10
+#: families whose encode costs about as much as a cache look-up: never prefetched
+CHEAP_ENCODERS = ("classic",)
 #: settings the panel shows (PropagationSettings field -> label)
 SHOWN_SETTINGS = ("z_min", "z_max", "stop_slices", "max_empty", "stop_min_iou", "stop_area_factor", "stop_min_score")
 
@@ -72,9 +88,67 @@ class _Context:
 
 
 class _Relay(QObject):
-    """Carries progress from a worker thread to the Qt thread (queued signal)."""
+    """Carries progress from worker threads to the Qt thread (queued signals)."""
 
     progressed = Signal(int, int, int)
+    prefetched = Signal(object, int)  # (run token, slice really encoded)
+    prefetch_done = Signal(object)  # run token
+
+
+def _lower_priority(niceness: int = PREFETCH_NICE) -> None:
+    """Make the calling thread give way to the user's work (Linux; elsewhere nothing).
+
+    Only this thread is affected: the thread pools of torch, ONNX Runtime
+    and OpenVINO are threads of their own at normal priority, which is why
+    stopping a prefetch relies on cancellation, not on priority.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + int(niceness)))
+    except (OSError, AttributeError, ValueError):
+        pass  # not permitted here: run at normal priority
+
+
+def _acquire(lock, cancel: threading.Event) -> bool:
+    """Take ``lock`` unless ``cancel`` is set first (polls, so a stopped prefetch ends promptly)."""
+    while not cancel.is_set():
+        if lock.acquire(timeout=0.05):
+            if not cancel.is_set():
+                return True
+            lock.release()
+    return False
+
+
+def _prefetch_job(session, predictor, vol: np.ndarray, zs: List[int], win, cancel: threading.Event,
+                  relay: _Relay, token) -> None:
+    """Body of a prefetch thread: encode ``vol[z]`` for ``zs`` until ``cancel`` is set."""
+    _lower_priority()
+    try:
+        for z in zs:
+            if not _acquire(session.lock, cancel):
+                return
+            try:
+                if predictor is not session.predictor:
+                    return  # the model changed: these embeddings would never be used
+                before = predictor.encoder_calls
+                with cancellable(cancel):
+                    predictor.set_image(np.ascontiguousarray(vol[z]), window=win)
+                new = predictor.encoder_calls > before
+            finally:
+                session.lock.release()
+            if new:
+                relay.prefetched.emit(token, int(z))
+    except Cancelled:
+        pass
+    except Exception:  # noqa: BLE001 - background work: a failure only means nothing is cached
+        pass
+    finally:
+        try:
+            relay.prefetch_done.emit(token)
+        except RuntimeError:
+            pass  # the panel is gone
 
 
 class PropagationPanel(QGroupBox):
@@ -94,12 +168,17 @@ class PropagationPanel(QGroupBox):
         self._ctx: Optional[_Context] = None
         self._baseline: Optional[np.ndarray] = None  # preview as the last propagation wrote it
         self._worker = None
-        self._prefetch_worker = None
         self._cancel = threading.Event()
         self._prefetch_cancel = threading.Event()
+        self._prefetch_token = None  # the running prefetch (None: none)
+        self._prefetch_threads: List[threading.Thread] = []
+        self._last_pos = None  # (image id, axis, z) of the last slice shown
+        self._direction = 1  # last movement along that axis
         self._extra: Dict[str, object] = {}  # PropagationSettings fields not shown in the panel
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
+        self._relay.prefetched.connect(self._on_prefetched)
+        self._relay.prefetch_done.connect(self._on_prefetch_finished)
         self._build_ui()
         self._idle = QTimer(self)
         self._idle.setSingleShot(True)
@@ -168,10 +247,12 @@ class PropagationPanel(QGroupBox):
         lay.addLayout(row)
         row = QHBoxLayout()
         self.progress, self.cancel_button = progress_and_cancel(
-            "stop propagating after the current slice (what is done is kept)", lambda: self._guard(self.cancel, "cancelling"))
+            "stop propagating now (the slices done so far are kept)", lambda: self._guard(self.cancel, "cancelling"))
         self.prefetch_check = QCheckBox("prefetch")
         self.prefetch_check.setChecked(True)
-        self.prefetch_check.setToolTip("while you review a propagation, encode the slices next in line in the background")
+        self.prefetch_check.setToolTip("encode the displayed slice and its neighbours in the background (after a "
+                                       "propagation: the slices next in line), so prompts are answered sooner")
+        self.prefetch_check.toggled.connect(self._on_prefetch_toggled)
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         row.addWidget(self.prefetch_check)
@@ -287,7 +368,8 @@ class PropagationPanel(QGroupBox):
 
     @property
     def prefetching(self) -> bool:
-        return self._prefetch_worker is not None
+        """Whether a background prefetch is running (a stopped one until its thread let go)."""
+        return self._prefetch_token is not None
 
     def _context(self) -> _Context:
         seg = self.seg
@@ -372,12 +454,13 @@ class PropagationPanel(QGroupBox):
         locked = self._locked(ctx)
         win = seg._resolved_window()
         predictor, lock = seg.session.predictor, seg.session.lock
-        cancel, progress = self._cancel.is_set, self._progress_cb
+        event, progress = self._cancel, self._progress_cb
 
         def job():
-            with lock:
+            # Cancel is checked between slices and also stops an encode in progress
+            with lock, cancellable(event):
                 return propagate_volume(predictor, ctx.vol, anchors, window=win, settings=s, locked=locked,
-                                        cancel=cancel, progress=progress)
+                                        cancel=event.is_set, progress=progress)
 
         self._start(job, ctx, "propagating")
         return self._wait(wait, timeout, "propagation")
@@ -413,12 +496,12 @@ class PropagationPanel(QGroupBox):
         s = self.settings()
         locked = self._locked(ctx)
         predictor, lock = self.seg.session.predictor, self.seg.session.lock
-        cancel, progress = self._cancel.is_set, self._progress_cb
+        event, progress = self._cancel, self._progress_cb
 
         def job():
-            with lock:
+            with lock, cancellable(event):
                 return repropagate(predictor, ctx.vol, base, z, corrected, locked=locked, settings=s,
-                                   cancel=cancel, progress=progress)
+                                   cancel=event.is_set, progress=progress)
 
         self._start(job, ctx, f"re-propagating from slice {z}")
         return self._wait(wait, timeout, "re-propagation")
@@ -498,11 +581,16 @@ class PropagationPanel(QGroupBox):
         self.summary.setText(text)
         if res.cancelled:
             seg.notes.info("propagation cancelled: the slices done so far are in the preview")
-        if self.prefetch_check.isChecked() and not res.cancelled:
+        if self._prefetch_enabled() and not res.cancelled:
             QTimer.singleShot(0, lambda: self._alive() and self._auto_prefetch(from_result=True))
 
     def _on_error(self, exc: BaseException, what: str) -> None:
         if not self._alive():
+            return
+        if isinstance(exc, Cancelled):
+            # stopped inside an encode, and the core had no partial result to hand back
+            self.summary.setText(f"cancelled while {what}: the preview is unchanged")
+            self.seg.notes.info(f"cancelled while {what}: the preview is unchanged")
             return
         self.last_error = self.seg.notes.exception(exc, what)
         self.summary.setText(self.last_error)
@@ -518,7 +606,7 @@ class PropagationPanel(QGroupBox):
             self.progress.setValue(1)
 
     def cancel(self) -> None:
-        """Stop propagation after the current slice, and any background encoding."""
+        """Stop propagation (mid-encode where the backend allows; what is done is kept) and any prefetch."""
         self._cancel.set()
         self.stop_prefetch()
 
@@ -640,86 +728,121 @@ class PropagationPanel(QGroupBox):
     # ==================================================================
     def prefetch(self, zs: Optional[Iterable[int]] = None, n: int = PREFETCH_N, wait: bool = False,
                  timeout: float = 600) -> None:
-        """Encode slices in a low-priority worker so later prompts/propagation find them cached.
+        """Encode slices in a low-priority thread so later prompts/propagation find them cached.
 
         ``zs`` defaults to the next ``n`` slices of the last propagation's
-        schedule, or the displayed slice and its neighbours.  Any other
-        action stops it (:meth:`stop_prefetch`).
+        schedule, or the displayed slice and its ``n`` nearest neighbours
+        (the direction of the last movement first).  Moving, prompting,
+        propagating or closing stops it, mid-encode where the backend allows
+        (:meth:`stop_prefetch`).  The slices really encoded end up in
+        :attr:`prefetched`.
         """
         ctx = self._context()
         if zs is None:
             if self.result is not None and ctx.same(self._ctx):
                 zs = next_slices_to_encode(self.result, n)
             else:
-                zs = next_slices_to_encode({ctx.z: None}, n, n_slices=ctx.vol.shape[0],
-                                           settings=self.settings())
+                zs = slices_around(ctx.z, ctx.vol.shape[0], n + 1, self._direction)
         zs = [int(z) for z in zs if 0 <= int(z) < ctx.vol.shape[0]]
         self.stop_prefetch()
         if not zs or self._worker is not None:
             return
-        from napari.qt.threading import create_worker
-
         seg = self.seg
-        predictor, lock, win, vol = seg.session.predictor, seg.session.lock, seg._resolved_window(), ctx.vol
+        session, win = seg.session, seg._resolved_window()
         cancel = threading.Event()
+        token = object()
         self._prefetch_cancel = cancel
+        self._prefetch_token = token
         self.prefetched = []
-
-        def job():
-            for z in zs:
-                if cancel.is_set():
-                    return
-                with lock:
-                    if cancel.is_set():
-                        return
-                    before = predictor.encoder_calls
-                    predictor.set_image(np.ascontiguousarray(vol[z]), window=win)
-                    new = predictor.encoder_calls > before
-                yield (z, new)
-
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(lambda item: item[1] and self.prefetched.append(item[0]))
-        worker.errored.connect(lambda exc: None)  # background work: a failure just means no cache
-        worker.finished.connect(lambda: self._on_prefetch_finished(worker))
-        self._prefetch_worker = worker
-        worker.start()
+        # a plain thread, not napari's pool: its lowered priority must not outlive it
+        thread = threading.Thread(target=_prefetch_job, name="samlab-prefetch", daemon=True,
+                                  args=(session, session.predictor, ctx.vol, zs, win, cancel, self._relay, token))
+        self._prefetch_threads = [t for t in self._prefetch_threads if t.is_alive()] + [thread]
+        thread.start()
         if wait:
-            wait_until(lambda: self._prefetch_worker is None, timeout)
+            wait_until(lambda: self._prefetch_token is not token, timeout)
 
     def stop_prefetch(self) -> None:
-        """Stop background encoding between slices (the user started something else)."""
+        """Stop background encoding now (the user started something else); the lock is free within moments."""
         self._idle.stop()
         self._prefetch_cancel.set()
-        if self._prefetch_worker is not None:
-            self._prefetch_worker.quit()
 
-    def _on_prefetch_finished(self, worker) -> None:
-        if self._alive() and worker is self._prefetch_worker:
-            self._prefetch_worker = None
+    def schedule_prefetch(self) -> None:
+        """Prefetch around the displayed slice once the user has been idle for a moment (if enabled)."""
+        if not self._alive():
+            return
+        self._last_pos = self._position()  # where the next movement starts from
+        if self._prefetch_enabled():
+            self._idle.start()
+
+    def _prefetch_enabled(self) -> bool:
+        """Automatic prefetch: ticked, a model whose encode costs something, and a volume shown."""
+        if not self._alive() or not self.prefetch_check.isChecked() or self.seg._image is None:
+            return False
+        model = self.seg.session.model
+        return model is not None and getattr(model, "family", "") not in CHEAP_ENCODERS
+
+    def _on_prefetched(self, token, z: int) -> None:
+        if token is self._prefetch_token:
+            self.prefetched.append(int(z))
+
+    def _on_prefetch_finished(self, token) -> None:
+        if token is self._prefetch_token:
+            self._prefetch_token = None
+
+    def _on_prefetch_toggled(self, on: bool) -> None:
+        if on:
+            self.schedule_prefetch()
+        else:
+            self.stop_prefetch()
 
     def _auto_prefetch(self, from_result: bool = False) -> None:
-        if self._worker is not None or self.seg.busy or self.seg._closed:
+        if self._worker is not None or self.seg.busy or not self._prefetch_enabled():
             return
+        if not from_result and self.prefetching and not self._prefetch_cancel.is_set():
+            return  # already encoding for this slice (e.g. the schedule after a propagation)
         try:
             if from_result:
                 self.prefetch()
             else:
                 ctx = self._context()
-                self.prefetch(next_slices_to_encode({ctx.z: None}, PREFETCH_N, n_slices=ctx.vol.shape[0]))
+                self.prefetch(slices_around(ctx.z, ctx.vol.shape[0], PREFETCH_AROUND + 1, self._direction))
         except SamlabError:
-            pass  # e.g. 3D display: nothing to prefetch
+            pass  # e.g. 3D display, a 2D image or composite channels: nothing to prefetch
+
+    def _position(self) -> Optional[tuple]:
+        """(image id, axis, slice) displayed now, or None when no slice of a volume is shown."""
+        seg = self.seg
+        if seg._image is None:
+            return None
+        try:
+            plane = seg.current_plane()
+        except SamlabError:
+            return None
+        if len(plane.index) != 1:
+            return None
+        (axis, z), = plane.index
+        return id(seg._image), int(axis), int(z)
 
     def _on_step(self, event=None) -> None:
-        """Moving between slices while reviewing a propagation: encode around the new slice when idle."""
-        if not self._alive() or self.result is None or not self.prefetch_check.isChecked():
+        """The user moved: stop encoding for the old slice; encode around the new one once idle."""
+        if not self._alive():
             return
-        self.stop_prefetch()
-        self._idle.start()
+        pos = self._position()
+        last, self._last_pos = self._last_pos, pos
+        if pos is not None and last is not None and last[:2] == pos[:2] and last[2] != pos[2]:
+            self._direction = 1 if pos[2] > last[2] else -1
+        self.stop_prefetch()  # also one a script started: the user has moved on
+        if pos is not None and self._prefetch_enabled():
+            self._idle.start()
 
     def _on_idle(self) -> None:
-        if self._alive() and self.result is not None:
+        if self._alive():
             self._auto_prefetch()
 
     def shutdown(self) -> None:
         self.cancel()
-        wait_until(lambda: self._worker is None and self._prefetch_worker is None, 30)
+        wait_until(lambda: self._worker is None, 30)
+        for t in self._prefetch_threads:
+            t.join(timeout=30)  # cancelled: ends within an encode step
+        self._prefetch_threads = []

@@ -196,6 +196,7 @@ class SegmentationWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_step)
         self.viewer.dims.events.order.connect(self._on_dims)
         self.viewer.dims.events.ndisplay.connect(self._on_dims)
+        self.session.about_to_change.connect(self._on_model_about_to_change)
         self.session.changed.connect(self._on_model_changed)
         self._bind_keys(self.viewer)
         self._refresh_image_choices()
@@ -432,6 +433,7 @@ class SegmentationWidget(QWidget):
         self._sync_label_fields()
         self._refresh_table()
         self._show_status()
+        self.propagation.schedule_prefetch()
 
     def set_window(self, preset: str = "auto", level: Optional[float] = None, width: Optional[float] = None) -> None:
         """Choose the model input window and set the layer's contrast limits to it.
@@ -1202,6 +1204,7 @@ class SegmentationWidget(QWidget):
         self._update_progress()
         if not self.busy and not self._closed:
             self._show_status()
+            self.propagation.schedule_prefetch()  # the user looks at the answer: encode around it
 
     def _update_progress(self, *_) -> None:
         running = self._worker is not None or self._encode_worker is not None
@@ -1273,6 +1276,7 @@ class SegmentationWidget(QWidget):
         if self._restoring:
             return
         action = str(getattr(event, "action", "changed"))
+        self.propagation.stop_prefetch()  # the user's prompt goes first: free the model now
         if action.endswith("ed"):  # added / removed / changed: record; *ing: only preview
             if action.endswith("added") and event.source is self._points:
                 self._recolor_points()
@@ -1453,6 +1457,7 @@ class SegmentationWidget(QWidget):
     def _on_window_inputs_changed(self) -> None:
         self._apply_window()
         self._update(all_planes=True)
+        self._restart_prefetch()
 
     @_while_alive
     def _on_user_contrast(self, event=None) -> None:
@@ -1478,13 +1483,25 @@ class SegmentationWidget(QWidget):
     def _request_update_all(self) -> None:
         self._computed.clear()
         self._request_update()
+        self._restart_prefetch()
+
+    def _restart_prefetch(self) -> None:
+        """What the model sees changed (window, channels): embeddings made for the old input are no use."""
+        self.propagation.stop_prefetch()
+        self.propagation.schedule_prefetch()
+
+    @_while_alive
+    def _on_model_about_to_change(self, session=None) -> None:
+        self.propagation.stop_prefetch()  # so the install does not wait for an encode
 
     @_while_alive
     def _on_model_changed(self, session=None) -> None:
         self._window_cache.clear()
+        self.propagation.stop_prefetch()  # it encodes with the old model
         if self._image is not None:
             self._apply_window()
             self._update(all_planes=True)
+            self.propagation.schedule_prefetch()
 
     # ======================================================================
     # segments: colours, table
