@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from widget_helpers import add_layers, direct, sample_layers  # noqa: E402
 
 from napari_samlab.models.classic import ClassicModel  # noqa: E402
+from napari_samlab.predict.cache import DEFAULT_MEMORY_MB  # noqa: E402
 from napari_samlab.widgets import ModelWidget, SegmentationWidget  # noqa: E402
 
 BOX = (100, 80, 200, 180)
@@ -42,8 +43,8 @@ def _panels(make_napari_viewer):
 def test_memory_settings_reach_the_predictor(make_napari_viewer, qtbot, cache_root):
     viewer, seg, mw, img = _panels(make_napari_viewer)
     p = mw.predictor
-    assert mw.memory_mb.value() == 1024 and not mw.half_precision.isChecked() and not mw.keep_on_disk.isChecked()
-    assert (p.memory_mb, p.memory_dtype, p.cache_dir) == (1024, "float32", None)
+    assert mw.memory_mb.value() == DEFAULT_MEMORY_MB and not mw.half_precision.isChecked() and not mw.keep_on_disk.isChecked()
+    assert (p.memory_mb, p.memory_dtype, p.cache_dir) == (DEFAULT_MEMORY_MB, "float32", None)
     assert mw.disk_folder.text() == str(cache_root / "embeddings")
 
     seg.set_box(*BOX)

@@ -41,6 +41,10 @@ import numpy as np
 from ..errors import SamlabError
 
 FORMAT_VERSION = 1
+#: default in-memory bound: 128 ViT-B slices (4 MB each in float32).  With a
+#: ViT-B loaded (about 3.1 GB resident with its OpenVINO encoder running)
+#: this keeps a 300-slice 512x512 CT under 4 GB (benchmarks/bench_memory.py).
+DEFAULT_MEMORY_MB = 512.0
 #: file that marks a folder as a samlab cache (``{"kind": ..., "format": ...}``)
 MARKER = ".samlab-cache.json"
 CACHE_KINDS = ("embeddings", "encoders")
@@ -135,7 +139,7 @@ class MemoryCache:
     (200, dtype('float32'))
     """
 
-    def __init__(self, max_mb: float = 1024, dtype: str = "float32"):
+    def __init__(self, max_mb: float = DEFAULT_MEMORY_MB, dtype: str = "float32"):
         self._max_mb = _check_mb(max_mb)
         self._dtype = _storage_dtype(dtype)
         # key -> (stored arrays, {name: original dtype of the arrays stored smaller})

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import SamlabError
 from ..models.base import Prediction, Prompt, SegmentationModel
-from .cache import DiskCache, MemoryCache, _check_mb, _storage_dtype, embedding_key
+from .cache import DEFAULT_MEMORY_MB, DiskCache, MemoryCache, _check_mb, _storage_dtype, embedding_key
 from .windowing import Window, apply_window, resolve_window
 
 
@@ -30,7 +30,8 @@ class SlicePredictor:
     model : SegmentationModel
         From :func:`napari_samlab.load_model`.
     memory_mb : float
-        Bound of the in-memory embedding cache in MB (2**20 bytes).
+        Bound of the in-memory embedding cache in MB (2**20 bytes); default
+        512 (128 ViT-B slices in float32, 256 in float16).
     cache_dir : path, optional
         On-disk embedding cache that survives restarts
         (:func:`napari_samlab.predict.cache.default_embedding_cache_dir` is
@@ -61,7 +62,7 @@ class SlicePredictor:
     >>> predictor.configure(memory_mb=512, memory_dtype="float16")   # doctest: +SKIP
     """
 
-    def __init__(self, model: SegmentationModel, memory_mb: float = 1024, cache_dir=None,
+    def __init__(self, model: SegmentationModel, memory_mb: float = DEFAULT_MEMORY_MB, cache_dir=None,
                  disk_dtype: str = "float16", memory_dtype: str = "float32"):
         self.model = model
         self._memory = MemoryCache(memory_mb, memory_dtype)
