@@ -172,6 +172,25 @@ def test_prompt_during_slow_prefetch_is_answered_at_once(make_napari_viewer, qtb
     assert model.encoded == [Z_MID]  # the neighbour's encode was stopped, not finished
 
 
+def test_prompt_on_the_slice_being_prefetched_lets_that_encode_finish(make_napari_viewer, qtbot, volume):
+    """A prompt on the very slice the prefetch is encoding waits for that encode instead of restarting it."""
+    vol, truth = volume
+    model = SlowOracle(vol, truth, delay=2.0)
+    viewer, seg = _setup(make_napari_viewer, vol, model)
+    panel = seg.propagation
+    panel.prefetch_check.setChecked(True)  # starts with the displayed slice
+    qtbot.waitUntil(lambda: len(model.started) == 1 and panel.prefetching, timeout=10000)
+    assert model.started == [Z_MID]
+    time.sleep(0.5)
+    seg.set_box(*BOX)
+    mask = seg.segment(wait=True, timeout=30)
+    assert np.array_equal(mask, truth[Z_MID] & _box_mask(BOX, truth.shape[1:]))
+    # one encode, finished by the prefetch: not stopped and begun again for the prompt
+    assert model.started.count(Z_MID) == 1 and model.encoded == [Z_MID]
+    qtbot.waitUntil(lambda: not panel.prefetching, timeout=10000)
+    assert len(model.started) == 1  # and the prefetch ended after it
+
+
 def test_cancel_stops_propagation_mid_encode(make_napari_viewer, qtbot, volume):
     """Cancel during a slow encode stops propagation at once, without an error."""
     from qtpy.QtCore import Qt

@@ -121,20 +121,39 @@ def _acquire(lock, cancel: threading.Event) -> bool:
     return False
 
 
+class _PrefetchState:
+    """What a prefetch thread is doing, shared with the GUI thread.
+
+    ``encoding`` is ``(axis, z)`` of the slice being encoded (None between
+    slices); setting ``last`` lets that encode finish and ends the prefetch
+    after it (the user prompted on exactly that slice: restarting its encode
+    would only make them wait longer).
+    """
+
+    def __init__(self, axis: int):
+        self.axis = axis
+        self.encoding: Optional[tuple] = None
+        self.last = threading.Event()
+
+
 def _prefetch_job(session, predictor, vol: np.ndarray, zs: List[int], win, cancel: threading.Event,
-                  relay: _Relay, token) -> None:
-    """Body of a prefetch thread: encode ``vol[z]`` for ``zs`` until ``cancel`` is set."""
+                  relay: _Relay, token, state: _PrefetchState) -> None:
+    """Body of a prefetch thread: encode ``vol[z]`` for ``zs`` until ``cancel`` (or ``state.last``) is set."""
     _lower_priority()
     try:
         for z in zs:
-            if not _acquire(session.lock, cancel):
+            if state.last.is_set() or not _acquire(session.lock, cancel):
                 return
             try:
                 if predictor is not session.predictor:
                     return  # the model changed: these embeddings would never be used
                 before = predictor.encoder_calls
-                with cancellable(cancel):
-                    predictor.set_image(np.ascontiguousarray(vol[z]), window=win)
+                state.encoding = (state.axis, int(z))
+                try:
+                    with cancellable(cancel):
+                        predictor.set_image(np.ascontiguousarray(vol[z]), window=win)
+                finally:
+                    state.encoding = None
                 new = predictor.encoder_calls > before
             finally:
                 session.lock.release()
@@ -171,6 +190,7 @@ class PropagationPanel(QGroupBox):
         self._cancel = threading.Event()
         self._prefetch_cancel = threading.Event()
         self._prefetch_token = None  # the running prefetch (None: none)
+        self._prefetch_state: Optional[_PrefetchState] = None
         self._prefetch_threads: List[threading.Thread] = []
         self._last_pos = None  # (image id, axis, z) of the last slice shown
         self._direction = 1  # last movement along that axis
@@ -751,20 +771,32 @@ class PropagationPanel(QGroupBox):
         session, win = seg.session, seg._resolved_window()
         cancel = threading.Event()
         token = object()
-        self._prefetch_cancel = cancel
-        self._prefetch_token = token
+        state = _PrefetchState(ctx.order[0])
+        self._prefetch_cancel, self._prefetch_token, self._prefetch_state = cancel, token, state
         self.prefetched = []
         # a plain thread, not napari's pool: its lowered priority must not outlive it
         thread = threading.Thread(target=_prefetch_job, name="samlab-prefetch", daemon=True,
-                                  args=(session, session.predictor, ctx.vol, zs, win, cancel, self._relay, token))
+                                  args=(session, session.predictor, ctx.vol, zs, win, cancel, self._relay, token,
+                                        state))
         self._prefetch_threads = [t for t in self._prefetch_threads if t.is_alive()] + [thread]
         thread.start()
         if wait:
             wait_until(lambda: self._prefetch_token is not token, timeout)
 
-    def stop_prefetch(self) -> None:
-        """Stop background encoding now (the user started something else); the lock is free within moments."""
+    def stop_prefetch(self, keep=None) -> None:
+        """Stop background encoding now (the user started something else); the lock is free within moments.
+
+        ``keep``: the :class:`Plane` the user is about to segment.  If the
+        prefetch is encoding exactly that slice, that encode finishes (its
+        embedding is what the user needs next) and the prefetch ends after it.
+        """
         self._idle.stop()
+        state = self._prefetch_state
+        index = tuple(getattr(keep, "index", ()))
+        if state is not None and len(index) == 1 and state.encoding == (int(index[0][0]), int(index[0][1])):
+            state.last.set()
+            if state.encoding is not None:
+                return
         self._prefetch_cancel.set()
 
     def schedule_prefetch(self) -> None:

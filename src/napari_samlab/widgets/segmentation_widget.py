@@ -1147,7 +1147,7 @@ class SegmentationWidget(QWidget):
             self._update_progress()
             return
         _, req = self._queue.popitem(last=False)
-        self.propagation.stop_prefetch()  # the user's prompt goes first
+        self.propagation.stop_prefetch(keep=req.plane)  # the user's prompt goes first
         self._worker = self._start_worker([req], determinate=False, what=f"segmenting {req.plane.name}")
         self._update_progress()
 
@@ -1276,7 +1276,12 @@ class SegmentationWidget(QWidget):
         if self._restoring:
             return
         action = str(getattr(event, "action", "changed"))
-        self.propagation.stop_prefetch()  # the user's prompt goes first: free the model now
+        # the user's prompt goes first: free the model now (unless it is encoding this very slice)
+        try:
+            plane = self.current_plane()
+        except SamlabError:
+            plane = None
+        self.propagation.stop_prefetch(keep=plane)
         if action.endswith("ed"):  # added / removed / changed: record; *ing: only preview
             if action.endswith("added") and event.source is self._points:
                 self._recolor_points()
