@@ -48,19 +48,30 @@ other processes hits both alike:
 
 Usage::
 
-    python benchmarks/bench_encoder.py            # everything, ~20 min on 2 cores with exports cached
-    python benchmarks/bench_encoder.py --quick    # smoke run: LiteMedSAM, lung only, few repeats (~3 min)
+    python benchmarks/bench_encoder.py            # everything: ~20 min on a quiet 2-core CPU, exports cached
+    python benchmarks/bench_encoder.py --quick    # smoke run: LiteMedSAM, lung only, 2 repeats (~3 min)
     python benchmarks/bench_encoder.py --sections propagation --datasets lung
     python benchmarks/bench_encoder.py --models vitb1024 --repeats 3 --brain-model vitb
     python benchmarks/bench_encoder.py --backends torch openvino --cache-dir /tmp/enc
+    python benchmarks/bench_encoder.py --sections encoder --models lite256 --include-bf16
 
 Exports are cached (``--cache-dir``, default the plugin's encoder cache; the
 propagation rows use the plugin's cache as ``load_model`` does), so only the
-first run pays for them (about 5 more minutes for every default backend of
-the three models); their time is printed separately ("build", "ready").
-Default run time on a quiet 2-core AVX2 CPU with exports cached: encoder
-~10 min (ViT-B 1024 3 repeats, the others 5), decoder ~0.5 min, lung
-propagation ~5 min, brain propagation (LiteMedSAM) ~2 min.
+first run pays for them (about 40 s per backend for ViT-B 1024, 3.5 min for
+all default backends of the three models); their time is printed
+separately ("build", "ready").
+
+Run time: the default run took 43 min on this project's 2-core AVX2 CPU
+while other jobs held about half of it (upstream ViT-B 1024 at 28 s/slice
+instead of 15 s quiet), first-run exports included: encoder section 19 min,
+decoder 0.5 min, lung propagation 11 min, brain propagation 16 min; on a
+quiet machine with exports cached that is about 8 + 0.5 + 5.5 + 5.5 min.
+``--include-bf16`` is very slow without native bf16 (LiteMedSAM: 79 s/slice
+against 5.6 s fp32 on the same loaded machine): use it with ``--models
+lite256``.  The encoder rows run every backend of a model in one process, so
+their "peak mem" is that process (ONNX Runtime and OpenVINO keep their
+buffers: 12-18 GB for ViT-B 1024); "+RSS" is what one call adds, and
+``--isolated-rss`` measures each backend alone in a fresh process.
 """
 from __future__ import annotations
 
@@ -682,7 +693,7 @@ def gpu_rows(names: list, repeats: int) -> list:
                 notes=f"{prec}; peak mem = torch.cuda.max_memory_allocated",
                 **agreement(outs[k], ref, dec, spec["size"], ref_masks),
             ))
-        del enc, x, runners, outs
+        enc = x = runners = outs = None  # free this model's GPU memory before the next
         torch.cuda.empty_cache()
     return rows
 
@@ -812,7 +823,7 @@ COLUMNS = (("section", "section"), ("model", "model"), ("path", "path"), ("exact
            ("rss", "peak mem MB"), ("delta", "+RSS MB"), ("cos", "cosine"), ("rel", "max rel err"),
            ("iou", "mask IoU"), ("notes", "notes"))
 FORMATS = {"ratio": "{:.2f}x", "gflop": "{:.0f}", "peak_frac": lambda v: f"{100 * v:.0f}%", "rss": "{:.0f}",
-           "delta": "{:.0f}", "cos": "{:.6f}", "rel": "{:.1e}", "iou": "{:.4f}"}
+           "delta": lambda v: f"{round(v) + 0:.0f}", "cos": "{:.6f}", "rel": "{:.1e}", "iou": "{:.4f}"}
 
 
 def print_table(rows: list, extra: list = ()) -> None:
@@ -836,6 +847,9 @@ def print_table(rows: list, extra: list = ()) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
+    if any(r["section"] == "encoder" for r in rows):
+        print("encoder peak mem: this process with every backend of the model loaded at once (see +RSS, or "
+              "--isolated-rss for each backend alone)")
     for e in extra:
         print(e)
 
