@@ -135,9 +135,9 @@ def default_cache_dir() -> Path:
     >>> default_cache_dir().name
     'encoders'
     """
-    env = os.environ.get("SAMLAB_CACHE_DIR")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "napari-samlab"
-    return root / "encoders"
+    from ..predict.cache import cache_root
+
+    return cache_root() / "encoders"
 
 
 def backend_available(backend: str) -> bool:
