@@ -257,7 +257,7 @@ def test_fill_between_painted_and_committed_slices(make_napari_viewer, qtbot, cr
     viewer, seg, (img,) = _crop_panel(make_napari_viewer, crop)
     calls = seg.session.predictor.encoder_calls
     seg.set_slice(16)
-    pv_layer = seg._ensure_preview()
+    pv_layer = seg.ensure_preview()
     _paint(pv_layer, 16, truth[16])
     _paint(pv_layer, 24, truth[24])
     ann = np.zeros_like(truth)
@@ -285,7 +285,7 @@ def test_fill_between_painted_and_committed_slices(make_napari_viewer, qtbot, cr
     # too few annotated slices: a notification, not an exception
     seg.preview_layer.data[...] = 0
     seg.label_spin.setValue(2)
-    seg._guard(seg.fill_between, "filling between slices")
+    seg.guard(seg.fill_between, "filling between slices")
     assert seg.notes.messages[-1][0] == "error" and "two" in seg.notes.last
 
 
@@ -358,15 +358,15 @@ def test_propagate_on_coronal_plane(make_napari_viewer, qtbot, crop):
 
 def test_propagation_errors_are_notifications(make_napari_viewer, qtbot, crop):
     viewer, seg, (img,) = _crop_panel(make_napari_viewer, crop)
-    seg._guard(seg.propagate, "propagating")  # no prompt yet
+    seg.guard(seg.propagate, "propagating")  # no prompt yet
     qtbot.waitUntil(lambda: not seg.propagation.running, timeout=10000)
     assert seg.notes.messages[-1][0] == "error" and "prompt" in seg.notes.last
-    seg._guard(seg.repropagate_from, "re-propagating")
+    seg.guard(seg.repropagate_from, "re-propagating")
     assert "Propagate first" in seg.notes.last
     assert seg.next_flagged() is None
     with pytest.raises(SamlabError, match="unknown propagation setting"):
         seg.propagation.set_settings(bogus=1)
     viewer.add_image(np.zeros((32, 32)), name="flat")
     seg.set_image_layer("flat")
-    seg._guard(seg.propagate, "propagating")
+    seg.guard(seg.propagate, "propagating")
     assert "3D volume" in seg.notes.last

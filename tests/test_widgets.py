@@ -257,7 +257,7 @@ def test_coronal_view(make_napari_viewer, qtbot, ct_data):
     seg.set_box(*box)
     seg.set_view("axial")
     assert (0, 1, 2) == tuple(viewer.dims.order)
-    prompts = seg._collect()
+    prompts = seg.layers.collect()
     assert [p.axes for p, _ in prompts.values()] == [(0, 2)]
 
 
@@ -276,7 +276,7 @@ def test_encoding_keeps_gui_responsive(make_napari_viewer, qtbot, ct_data):
     try:
         seg.encode_slices([20, 21, 22])
         assert seg.cancel_button.isEnabled()
-        qtbot.waitUntil(lambda: seg._encode_worker is None, timeout=30000)
+        qtbot.waitUntil(lambda: not seg.live.encoding, timeout=30000)
     finally:
         timer.stop()
     assert slow.encodes == 3 and seg.progress.value() == 3
@@ -291,7 +291,7 @@ def test_encoding_keeps_gui_responsive(make_napari_viewer, qtbot, ct_data):
     seg.encode_slices(range(30, 40))
     qtbot.waitUntil(lambda: seg.progress.value() >= 1, timeout=30000)
     seg.cancel()
-    qtbot.waitUntil(lambda: seg._encode_worker is None, timeout=30000)
+    qtbot.waitUntil(lambda: not seg.live.encoding, timeout=30000)
     assert slow.encodes < 3 + 10
 
 
@@ -305,7 +305,7 @@ def test_slice_change_during_encoding_never_shows_wrong_mask(make_napari_viewer,
     other = (box[0] + 10, box[1] + 10, box[2] - 10, box[3] - 10)
     seg.set_box(*other)
     seg.segment()  # starts encoding slice z
-    qtbot.waitUntil(lambda: seg._worker is not None, timeout=5000)
+    qtbot.waitUntil(lambda: seg.live.worker is not None, timeout=5000)
     seg.set_box(*box)  # a newer prompt on z before the first answer: only the newest may show
     seg.segment()
     seg.set_slice(z - 3)  # and move on while z is still encoding
@@ -337,7 +337,7 @@ def test_errors_become_notifications(make_napari_viewer, qtbot, tmp_path):
     with pytest.raises(SamlabError, match="outside"):
         seg.add_point(10_000, 5)
     # the same through a key binding / button: a notification, no exception
-    seg._guard(lambda: seg.set_box(-50, -50, -10, -10), "drawing a box")
+    seg.guard(lambda: seg.set_box(-50, -50, -10, -10), "drawing a box")
     assert seg.notes.messages[-1][0] == "error" and "outside" in seg.notes.last
     # only negative clicks: nothing to segment yet, and no error
     seg.add_point(20, 20, positive=False)
@@ -358,7 +358,7 @@ def test_composite_of_channel_layers(make_napari_viewer, qtbot):
     seg.set_image_layer(nuc)
     seg.set_source("composite")
     assert seg.window is None  # channels enter as displayed (their own contrast limits)
-    req = seg._make_request(seg.current_plane(), None)
+    req = seg.make_request(seg.current_plane(), None)
     rgb = req.extract()
     assert rgb.shape == nuc.data.shape + (3,) and rgb.dtype == np.float32 and 0 <= rgb.min() and rgb.max() <= 1
     assert second.visible

@@ -1,10 +1,13 @@
 """Small helpers shared by the panels: notifications and waiting on workers."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, List
 
 from ..errors import SamlabError
+
+log = logging.getLogger("napari_samlab.widgets")
 
 
 def explain(exc: BaseException, doing: str) -> str:
@@ -44,7 +47,7 @@ class Notifier:
 
             {"error": n.show_error, "warning": n.show_warning, "info": n.show_info}[level](text)
         except Exception:  # noqa: BLE001 - a notification must never take the GUI down
-            pass
+            log.debug("notification not shown", exc_info=True)
 
     def error(self, text: str) -> None:
         self._show("error", text)
@@ -65,11 +68,42 @@ class Notifier:
         return self.messages[-1][1] if self.messages else ""
 
 
+def alive(widget) -> bool:
+    """False once Qt deleted the widget (napari closed it) while Python still holds it."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def guard(notes: Notifier, fn: Callable, doing: str):
+    """Run a UI action (a widget slot); errors become one-line notifications, never crashes.
+
+    The traceback of anything but a :class:`SamlabError` is logged
+    (``SAMLAB_DEBUG=1`` or napari's log shows it).
+    """
+    try:
+        return fn()
+    except SamlabError as exc:
+        notes.error(str(exc))
+    except RuntimeError as exc:
+        if "has been deleted" in str(exc):  # the panel closed under a key binding or a queued call
+            return None
+        log.error("%s failed", doing, exc_info=True)
+        notes.exception(exc, doing)
+    except Exception as exc:  # noqa: BLE001 - widget slot: the GUI must survive anything
+        log.error("%s failed", doing, exc_info=True)
+        notes.exception(exc, doing)
+    return None
+
+
 def wait_until(done: Callable[[], bool], timeout: float) -> bool:
     """Run the Qt event loop until ``done()`` or ``timeout`` seconds.
 
-    Lets blocking script calls (``segment(wait=True)``) wait for workers
-    whose results arrive through Qt signals, from napari's console too.
+    Only for script calls that ask to block (``segment(wait=True)``):
+    workers' results arrive through Qt signals, so the loop must run.
+    Buttons and keys never wait (see ``SegmentationWidget.when_idle``).
     """
     from qtpy.QtCore import QCoreApplication, QEventLoop
 

@@ -104,6 +104,20 @@ class Plane:
         index = tuple((a, _nearest(data_point[a])) for a in range(ndim) if a not in axes)
         return cls(tuple(int(a) for a in axes), index, ndim)
 
+    def check_xy(self, spatial_shape: Sequence[int], x: float, y: float) -> None:
+        """Raise :class:`SamlabError` unless pixel (x, y) lies on the plane."""
+        h, w = self.shape2d(spatial_shape)
+        if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+            raise SamlabError(f"({x:g}, {y:g}) is outside the {w}x{h} slice: give x in 0..{w - 1} and y in 0..{h - 1}")
+
+    def along(self, spatial_shape: Sequence[int], indices=None) -> list:
+        """The planes parallel to this one at ``indices`` of its stepping axis (default: all); 2D: itself."""
+        if not self.index:
+            return [self]
+        axis = self.index[-1][0]
+        zs = range(spatial_shape[axis]) if indices is None else indices
+        return [Plane(self.axes, tuple((a, int(i) if a == axis else v) for a, v in self.index), self.ndim) for i in zs]
+
     def data_point(self, x: float, y: float) -> np.ndarray:
         """The data coordinates of slice pixel (x, y) on this plane."""
         p = np.zeros(self.ndim)

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import SamlabError
 from ..predict.cache import cache_usage, clear_cache_folder, default_cache_dirs, default_embedding_cache_dir, format_bytes
-from ._common import Notifier, wait_until
+from ._common import Notifier, alive, wait_until
 from ._compat import avoid_triton_llvm_clash
 from ._session import ModelSession, session_for
 
@@ -59,9 +59,9 @@ def _describe(path: str) -> dict:
 def _load(family: Optional[str], checkpoint: Optional[str], base_checkpoint: Optional[str], device: str,
           encoder_backend: Optional[str] = None):
     if family == "classic" and not checkpoint:
-        from ._session import _classic
+        from ..session.model import classic_model
 
-        return _classic()
+        return classic_model()
     avoid_triton_llvm_clash()
     try:
         from ..models.registry import load_model
@@ -124,6 +124,8 @@ class ModelWidget(QWidget):
         self.session: ModelSession = session_for(napari_viewer)
         self.notes = Notifier()
         self.info: dict = {}
+        self.failed: Optional[str] = None  # the last load that failed, as the status line says it
+        self._in_use_form = ("classic", "", "")  # family, checkpoint, base of the model in use
         self._worker = None
         self._describe_worker = None
 
@@ -382,7 +384,7 @@ class ModelWidget(QWidget):
         label = (f"{fam or 'auto'}" + (f" from {Path(ckpt).name}" if ckpt else "") + f" on {dev}"
                  + (f", {backend} encoder" if backend and fam != "classic" else ""))
         self._worker.returned.connect(lambda m: self._on_loaded(m, label, generation))
-        self._worker.errored.connect(lambda e: self.notes.exception(e, f"loading {label}"))
+        self._worker.errored.connect(lambda e: self._on_load_failed(e, label))
         self._worker.finished.connect(self._on_load_finished)
         self.progress.setRange(0, 0)  # busy indicator
         self.load_button.setEnabled(False)
@@ -472,7 +474,22 @@ class ModelWidget(QWidget):
         if model is None:
             return
         self.session.set_model(model, label)
+        self.failed = None
+        self._in_use_form = (self.family.currentText(), self.checkpoint.text(), self.base_checkpoint.text())
         self.notes.info(f"model loaded: {label}")
+
+    def _on_load_failed(self, exc: BaseException, label: str) -> None:
+        """The form goes back to the model in use; the status line names the failed attempt."""
+        import logging
+
+        if not isinstance(exc, SamlabError):
+            logging.getLogger(__name__).error("loading %s failed", label, exc_info=(type(exc), exc, exc.__traceback__))
+        text = self.notes.exception(exc, f"loading {label}")
+        self.failed = f"✗ loading {label} failed: {text}"
+        family, ckpt, base = self._in_use_form
+        self.family.setCurrentText(family)
+        self.checkpoint.setText(ckpt)
+        self.base_checkpoint.setText(base)
 
     def _on_load_finished(self) -> None:
         self._worker = None
@@ -481,13 +498,16 @@ class ModelWidget(QWidget):
         self._on_session_changed(self.session)
 
     def _on_session_changed(self, session) -> None:
+        if not alive(self):
+            return
         self._show_memory_settings()  # another panel of this viewer may have changed them
         m = session.model
         if m is None:
             self.status.setText("no model loaded")
             return
-        self.status.setText(f"in use: {session.description} "
-                            f"({getattr(m, 'family', '?')}, {getattr(m, 'device', 'cpu')})")
+        in_use = f"in use: {session.description} ({getattr(m, 'family', '?')}, {getattr(m, 'device', 'cpu')})"
+        self.status.setText(f"{self.failed}\n{in_use}" if self.failed else in_use)
+        self.status.setStyleSheet("color: #d9534f" if self.failed else "")
 
 
 class _signals_blocked:
