@@ -184,11 +184,11 @@ def test_sample_ct_with_classic_engine():
     assert (s.window.lo, s.window.hi) == (-1350.0, 150.0)
     s.add_box(20, (319, 337, 383, 393))
     assert s.segment(20).sum() > 500
-    res = s.propagate(z_min=12, z_max=28)
+    res = s.propagate(z_min=18, z_max=22)
     assert res.z_extent() is not None and 20 in res.records
     s.commit(name="tumour", label=1)
     row = s.segments[0]
-    assert row["voxels"] == int((s.labels == 1).sum()) > 2000
+    assert row["voxels"] == int((s.labels == 1).sum()) > 1500
     assert row["volume_ml"] == pytest.approx(row["voxels"] * np.prod(image.spacing) / 1000)
 
 
