@@ -528,13 +528,12 @@ class SegmentationWidget(QWidget):
 
     def _unbind(self) -> None:
         """Prompts and preview belong to one image: remove them when switching."""
-        if self._image is not None:
+        image, layers, self._image, self.layers = self._image, self.layers, None, None  # unbound first: removals re-enter
+        if image is not None:
             with contextlib.suppress(TypeError, ValueError):
-                self._image.events.contrast_limits.disconnect(self._on_user_contrast)
-        if self.layers is not None:
-            self.layers.remove()
-        self.layers = None
-        self._image = None
+                image.events.contrast_limits.disconnect(self._on_user_contrast)
+        if layers is not None:
+            layers.remove()
         self.committed.bind(None, {})
         self.live.forget()
         self.history.clear()
