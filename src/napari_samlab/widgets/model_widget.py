@@ -262,8 +262,10 @@ class ModelWidget(QWidget):
 
             if torch.cuda.is_available():
                 devices.append("cuda")
-        except Exception:  # noqa: BLE001 - no torch: cpu only
-            pass
+        except Exception:  # noqa: BLE001 - widget boundary: no usable torch means cpu only
+            import logging
+
+            logging.getLogger(__name__).debug("CUDA check failed", exc_info=True)
         return devices
 
     def set_family(self, family: Optional[str]) -> None:
