@@ -13,11 +13,9 @@
   segments are passed as ``locked``);
 * "Fill between" (:func:`~napari_samlab.session.fill_gaps`) fills only the
   empty slices between annotated ones, never model output, in one undo step;
-* background prefetch (:class:`~napari_samlab.session.Prefetcher`): while the
-  user looks at a slice of a volume, the slice and its neighbours (the
-  direction of the last movement first), or after a propagation the slices
-  next in its schedule, are encoded in a low-priority thread that moving,
-  prompting, propagating or closing cancels mid-encode.
+* background prefetch (:class:`~napari_samlab.session.Prefetcher`) of the
+  displayed slice and its neighbours, or of the slices next in a
+  propagation's schedule; any user action cancels it mid-encode.
 
 The panel talks to the segmentation panel only through its public methods.
 """
@@ -373,7 +371,11 @@ class PropagationPanel(QGroupBox):
 
         def start():
             self._pending = False
-            ctx = self._context()
+            try:
+                ctx = self._context()
+            except SamlabError as exc:  # the view changed while the preview finished
+                self.last_error = str(exc)
+                raise
             zz = ctx.z if z is None else int(z)
             seg = self.seg
             job = self.state.repropagate_job(seg.session.predictor, seg.session.lock, ctx.vol, self._preview_view(ctx),
