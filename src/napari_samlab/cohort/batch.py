@@ -8,10 +8,11 @@ collects the results as they come, with a progress bar.  Design choices:
   problem of a case into a ``"failed"`` result instead of an exception, so
   Dask never retries it; the case goes to ``failures.csv`` and stderr while
   the other cases go on.
-* **A worker that dies costs one retry.**  The LocalCluster's scheduler is
-  told to give up on a task at the first worker death
-  (``allowed-failures: 0``), and the client resubmits it, up to
-  ``retries`` times, on whichever worker is alive.  (An external scheduler
+* **A worker that dies costs one retry.**  The client keeps only one case
+  per worker thread in flight, so a worker holds just the case it runs;
+  the LocalCluster's scheduler gives up on a task at the first worker death
+  (``allowed-failures: 0``) and the client resubmits it, up to ``retries``
+  times, on whichever worker is alive.  (An external scheduler
   keeps its own ``allowed-failures``, default 3, before the client's retries
   begin.)
 * **Threads.**  A LocalCluster runs one task at a time per worker process and
@@ -168,7 +169,7 @@ def write_failures(outdir: Path, failed: List[dict]) -> Optional[Path]:
     return path
 
 
-def connect(scheduler: Optional[str] = None, workers: Optional[int] = None, timeout_s: float = CONNECT_TIMEOUT_S):
+def connect(scheduler: Optional[str] = None, workers: Optional[int] = None, timeout_s: Optional[float] = None):
     """A ``(client, cluster)`` pair: the existing scheduler's, or a new LocalCluster.
 
     Parameters
@@ -177,8 +178,8 @@ def connect(scheduler: Optional[str] = None, workers: Optional[int] = None, time
         ``tcp://HOST:PORT`` of a running ``dask scheduler``.
     workers : int, optional
         Worker processes of the LocalCluster (default: the number of cores).
-    timeout_s : float
-        How long to try to reach ``scheduler``.
+    timeout_s : float, optional
+        How long to try to reach ``scheduler`` (default :data:`CONNECT_TIMEOUT_S`).
 
     Returns
     -------
@@ -197,6 +198,7 @@ def connect(scheduler: Optional[str] = None, workers: Optional[int] = None, time
     import dask
     from distributed import Client, LocalCluster
 
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     if scheduler is not None:
         if "://" not in scheduler:
             raise SamlabError(f"scheduler address {scheduler!r} has no protocol: write it as tcp://HOST:PORT")
@@ -304,13 +306,29 @@ def _wait_for_workers(client, address: str) -> None:
                           f"start one with 'dask worker {address}'") from None
 
 
+def _capacity(client) -> int:
+    """Cases to keep in flight: one per worker thread of the cluster as it is now (at least 1)."""
+    try:
+        return max(1, sum(client.nthreads().values()))
+    except (OSError, TimeoutError):
+        return 1
+
+
 def _collect(client, cases, shared, outdir, task, retries, progress, on_failure) -> List[dict]:
-    """Submit one task per case, resubmit cases whose worker died, gather every result."""
+    """Run one task per case, resubmit cases whose worker died, gather every result.
+
+    Only as many cases as the cluster has worker threads are in flight: a
+    worker then holds just the case it runs, so a worker that dies takes
+    that one case down (one retry), not the cases queued behind it.
+    """
+    from collections import deque
+
     from distributed import as_completed
 
     tag = uuid.uuid4().hex[:8]
     attempts = {c.name: 0 for c in cases}
     by_key = {}
+    waiting = deque(cases)
 
     def submit(case: Case):
         attempts[case.name] += 1
@@ -319,11 +337,21 @@ def _collect(client, cases, shared, outdir, task, retries, progress, on_failure)
         by_key[fut.key] = case
         return fut
 
-    futures = as_completed([submit(c) for c in cases])
+    def top_up(futures):
+        room = _capacity(client) - futures.count()
+        while waiting and room > 0:
+            futures.add(submit(waiting.popleft()))
+            room -= 1
+
+    futures = as_completed([])
+    top_up(futures)
     results = {}
     bar = _progress_bar(len(cases), progress)
     try:
-        for fut in futures:
+        while futures.count() or waiting:
+            if not futures.count():
+                top_up(futures)
+            fut = next(futures)
             case = by_key.pop(fut.key)
             if fut.status == "finished":
                 result = fut.result()
@@ -332,12 +360,15 @@ def _collect(client, cases, shared, outdir, task, retries, progress, on_failure)
                     err = fut.exception()
                 except BaseException as exc:  # noqa: BLE001 - CancelledError and the like
                     err = exc
+                fut.release()
                 if attempts[case.name] <= retries:
-                    futures.add(submit(case))
-                    fut.release()
+                    waiting.appendleft(case)
+                    top_up(futures)
                     continue
-                result = {"case": case.name, "status": "failed", "seconds": 0.0, "error": _lost_message(err, attempts[case.name])}
+                result = {"case": case.name, "status": "failed", "seconds": 0.0,
+                          "error": _lost_message(err, attempts[case.name])}
             fut.release()
+            top_up(futures)
             results[case.name] = result
             if result["status"] == "failed" and on_failure is not None:
                 on_failure(result)
