@@ -26,8 +26,8 @@ def client():
     """Two in-process workers: the real scheduler and task path, no process start-up."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
         yield c
 
 
@@ -114,6 +114,28 @@ def test_failing_cases_are_listed_and_the_others_finish(cohort, client):
     assert rows[0] == "case,error" and len(rows) == 6 and "old,stale" not in rows
     names = sorted(p.name for p in out.iterdir())
     assert names == ["case0.json", "case0.nii.gz", "case1.json", "case1.nii.gz", "failures.csv"]
+
+
+def test_cli_batch_through_a_scheduler_address(cohort, client, capsys):
+    """`samlab batch --scheduler`: a failed case is one stderr line and exit 1; fixed, the rerun exits 0."""
+    folder, _ = cohort
+    rows = [(f"case{i}", folder / f"case{i}.nrrd", folder / f"case{i}.prompts.json") for i in range(2)]
+    bad = write_cases_csv(folder, rows + [("lost", folder / "lost.nrrd", folder / "case0.prompts.json")], "bad.csv")
+    out = folder / "out"
+    address = client.scheduler.address
+    code = main(["batch", str(bad), "-o", str(out), "--scheduler", address])
+    stdout, err = capsys.readouterr()
+    assert code == 1
+    assert err.strip().splitlines() == [f"samlab: case lost failed: image {folder / 'lost.nrrd'} does not exist: fix the path in the CSV"]
+    assert "Dask dashboard" in stdout and "3 cases: 2 segmented, 0 already done, 1 failed" in stdout
+    assert (out / "failures.csv").exists()
+    before = mtimes(out)
+    good = write_cases_csv(folder, rows, "good.csv")
+    code = main(["batch", str(good), "-o", str(out), "--scheduler", address])
+    stdout, err = capsys.readouterr()
+    assert code == 0 and err == "" and "2 cases: 0 segmented, 2 already done, 0 failed" in stdout
+    assert not (out / "failures.csv").exists()  # the stale list is gone
+    assert {k: v for k, v in mtimes(out).items()} == {k: v for k, v in before.items() if k != "failures.csv"}
 
 
 @pytest.mark.parametrize("csv_text, pattern", [

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cohort import cli as cohort_cli  # cohort hooks: segment --prompts, batch, replay, compare
 
     cohort_cli.add_segment_options(seg)
-    cohort_cli.add_subcommands(sub, FAMILIES)
+    cohort_cli.add_subcommands(sub, FAMILIES, PRESET_NAMES)
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="machine-readable output")

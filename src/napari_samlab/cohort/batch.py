@@ -219,6 +219,10 @@ def connect(scheduler: Optional[str] = None, workers: Optional[int] = None, time
         "distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": threads,
         "distributed.nanny.pre-spawn-environ.MKL_NUM_THREADS": threads,
         "distributed.nanny.pre-spawn-environ.OPENBLAS_NUM_THREADS": threads,
+        # Dask's default (65536) fixes glibc's trim threshold, which also freezes the mmap
+        # threshold: every large temporary array is then mmapped and page-faulted afresh,
+        # about 1.5x slower per case here (benchmarks/bench_batch.py); None leaves glibc's default
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         "distributed.worker.daemon": False,
     }
     if not os.environ.get("SAMLAB_DEBUG"):
@@ -270,6 +274,8 @@ def run_batch(cases: List[Case], outdir, settings: BatchSettings, *, client=None
 
     if retries < 0:
         raise SamlabError(f"--retries {retries}: give 0 or more")
+    if workers is not None and workers < 1:
+        raise SamlabError(f"--workers {workers}: give at least 1")
     shared = settings.resolved()
     outdir = prepare_outdir(outdir)
     t0 = time.perf_counter()

@@ -103,46 +103,28 @@ def _window(args):
     return list(args.window_level) if getattr(args, "window_level", None) else args.window
 
 
-def segment_record(image, model, args, out) -> dict:
-    """The provenance record of a ``samlab segment`` run (labels hash added once written)."""
-    from ..io.atomic import split_ext
-    from .apply import window_request
-    from .provenance import build_provenance, engine_info, file_sha256
-
-    src = image.metadata.get("path") or args.image
-    entries = entries_for_args(args) if model.needs_prompt else []
-    base = getattr(args, "base_checkpoint", None)
-    return build_provenance(
-        case=split_ext(out)[0], image=src, image_sha256=file_sha256(args.image), model=model.family,
-        checkpoint=args.checkpoint, checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else None,
-        window=window_request(_window(args)), prompts=[e.to_dict() for e in entries], engine=engine_info(model),
-        base_checkpoint=base, base_checkpoint_sha256=file_sha256(base) if base else None,
-        only_slice=args.slice if (not model.needs_prompt and getattr(args, "prompts", None) is None) else None)
-
-
 def write_segment_sidecar(image, model, args, out) -> Path:
     """Write ``OUT``'s provenance sidecar (OUT with its extension replaced by ``.json``).
 
     If the sidecar cannot be written, the just-written OUT is removed too, so
     that a label image never exists without its record.
     """
-    from .provenance import file_sha256, sidecar_path, write_provenance
+    from .provenance import write_sidecar
 
     out = Path(out)
-    side = sidecar_path(out)
+    prompts_file = getattr(args, "prompts", None)
     try:
-        record = segment_record(image, model, args, out)
-        record["labels"] = out.name
-        record["labels_sha256"] = file_sha256(out)
-        write_provenance(side, record)
+        return write_sidecar(out, image=image.metadata.get("path") or args.image, model=model, window=_window(args),
+                             entries=entries_for_args(args) if model.needs_prompt else [],
+                             checkpoint=args.checkpoint, base_checkpoint=getattr(args, "base_checkpoint", None),
+                             only_slice=args.slice if (not model.needs_prompt and prompts_file is None) else None)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    return side
 
 
 # -- samlab batch / replay / compare ----------------------------------------------
-def add_subcommands(sub, families) -> None:
+def add_subcommands(sub, families, windows) -> None:
     """Add ``batch``, ``replay`` and ``compare`` to the ``samlab`` subparsers.
 
     Parameters
@@ -150,9 +132,9 @@ def add_subcommands(sub, families) -> None:
     sub : argparse subparsers action
     families : sequence of str
         The ``--model`` choices (the CLI's list of families).
+    windows : sequence of str
+        The ``--window`` choices (the CLI's presets).
     """
-    from ..predict.windowing import PRESET_NAMES
-
     batch = sub.add_parser("batch", help="segment every case of a CSV (case,image,prompts) on dask.distributed")
     batch.add_argument("cases", metavar="CASES.csv", help="header case,image,prompts; paths relative to the CSV's folder")
     batch.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="writes OUTDIR/CASE.nii.gz and OUTDIR/CASE.json")
@@ -160,7 +142,7 @@ def add_subcommands(sub, families) -> None:
     batch.add_argument("--checkpoint", metavar="PATH", help="model weights file (every worker must see this path)")
     batch.add_argument("--base-checkpoint", metavar="PATH", help="original SAM weights a SAMed LoRA file builds on")
     win = batch.add_mutually_exclusive_group()
-    win.add_argument("--window", default="auto", choices=PRESET_NAMES, help="intensity window (default: the family's own)")
+    win.add_argument("--window", default="auto", choices=windows, help="intensity window (default: the family's own)")
     win.add_argument("--window-level", type=float, nargs=2, metavar=("L", "W"), help="manual window level and width")
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N", help="worker processes of a local cluster (default: the number of cores)")

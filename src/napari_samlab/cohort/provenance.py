@@ -267,6 +267,56 @@ def is_done(record_path, labels_path, expected: dict) -> bool:
     return bool(want) and want == file_sha256(labels_path)
 
 
+def write_sidecar(out, *, image, model, window, entries, checkpoint=None, base_checkpoint=None,
+                  only_slice: Optional[int] = None, case: Optional[str] = None) -> Path:
+    """Write the provenance sidecar of a label image that was just written.
+
+    The one call for every front end that saves labels (``samlab segment``,
+    the widget's "Save labels"): hashes the image, checkpoints and ``out``,
+    and writes :func:`sidecar_path` (``out`` with ``.json``) atomically.
+
+    Parameters
+    ----------
+    out : path
+        The label image, already written.
+    image : path
+        The source image file (or DICOM folder).
+    model : SegmentationModel
+        The engine that made the labels (after it ran: its backend is recorded).
+    window : str or (level, width)
+        What was asked for (``"auto"``, a preset, or a level/width pair).
+    entries : sequence of PromptEntry or dict
+        The prompts applied, in order ([] for SAMed).
+    checkpoint, base_checkpoint : path, optional
+    only_slice : int, optional
+        SAMed run on one slice only.
+    case : str, optional
+        Defaults to ``out``'s name without extension.
+
+    Returns
+    -------
+    Path
+        The sidecar.
+
+    Examples
+    --------
+    >>> write_sidecar("tumour.nii.gz", image="ct.nrrd", model=model, window="auto",
+    ...               entries=[PromptEntry(slice=20, box=(319, 337, 383, 393))])   # doctest: +SKIP
+    PosixPath('tumour.json')
+    """
+    from .apply import window_request
+    from .prompts import as_entry
+
+    out = Path(out)
+    record = build_provenance(
+        case=case or split_ext(out)[0], image=image, image_sha256=file_sha256(image), model=model.family,
+        checkpoint=checkpoint, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
+        window=window_request(window), prompts=[as_entry(e).to_dict() for e in entries], engine=engine_info(model),
+        base_checkpoint=base_checkpoint, base_checkpoint_sha256=file_sha256(base_checkpoint) if base_checkpoint else None,
+        only_slice=only_slice, labels=out, labels_sha256=file_sha256(out))
+    return write_provenance(sidecar_path(out), record)
+
+
 def remove_quietly(path) -> None:
     """Delete ``path`` if it exists (a stale record about to be replaced)."""
     try:

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 _models: dict = {}
 _models_lock = threading.Lock()
+# a worker with several threads runs several cases at once; the model they
+# share is used by one case at a time (engines keep per-call state such as
+# a lazily built exported encoder); reading and writing still overlap
+_engine_lock = threading.Lock()
 _stats = {"model_loads": 0, "cases": 0}
 
 
@@ -146,8 +150,9 @@ def _run(case: dict, settings: dict, outdir: Path) -> str:
     if is_done(record_path, labels_path, expected):
         return "skipped"
     image = read_image(image_path)
-    labels = segment_image_with(image, model, entries, window, settings.get("cache_dir"),
-                                source=Path(prompts_path).name if prompts_path else "prompts")
+    with _engine_lock:
+        labels = segment_image_with(image, model, entries, window, settings.get("cache_dir"),
+                                    source=Path(prompts_path).name if prompts_path else "prompts")
     # the old record no longer describes what is about to be written
     remove_quietly(record_path)
     write_labels(labels, image, labels_path)
