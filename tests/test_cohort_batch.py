@@ -226,3 +226,36 @@ def test_a_dying_worker_costs_one_retry(cohort):
     np.testing.assert_array_equal(read_labels(out / "case1.nii.gz"),
                                   segment_with_prompts(read_image(cases[1].image), load_model(family="classic"),
                                                        load_prompts(cases[1].prompts)))
+
+
+@pytest.mark.slow  # three SAMed model loads and 512-px encodes: about 30 s on a busy 2-core machine
+def test_samed_cases_run_without_prompts_and_replay(cohort, client, tmp_path_factory):
+    """A (small, random) SAMed LoRA checkpoint: empty prompts column, organ classes on every slice."""
+    from test_samed import write_base, write_samed
+
+    from napari_samlab.cohort.replay import replay_labels
+
+    import SimpleITK as sitk
+
+    folder, _ = cohort
+    ckpt_dir = tmp_path_factory.mktemp("samed")
+    lora, base = write_samed(ckpt_dir), write_base(ckpt_dir)
+    # two slices: SAMed encodes every slice at 512 px, three times in this test
+    sitk.WriteImage(sitk.ReadImage(str(folder / "case0.nrrd"))[:, :, 5:7], str(folder / "two.nrrd"), True)
+    csv_path = write_cases_csv(folder, [("s0", folder / "two.nrrd", None)], "samed.csv")
+    settings = BatchSettings(checkpoint=str(lora), base_checkpoint=str(base), encoder_backend="torch")
+    out = folder / "samed-out"
+    report = run_batch(read_cases(csv_path), out, settings, client=client, progress=False)
+    assert report.ok, report.results
+    rec = read_provenance(out / "s0.json")
+    assert rec["model"] == "samed" and rec["prompts"] == []
+    assert rec["checkpoint_sha256"] == file_sha256(lora) and rec["base_checkpoint_sha256"] == file_sha256(base)
+    assert rec["engine"]["backend"] == "torch"
+    model = load_model(lora, family="samed", base_checkpoint=base, encoder_backend="torch")
+    from napari_samlab.cohort.apply import segment_without_prompts
+
+    expected = segment_without_prompts(read_image(folder / "two.nrrd"), model)
+    labels = read_labels(out / "s0.nii.gz")
+    np.testing.assert_array_equal(labels, expected)
+    replayed, _, _ = replay_labels(out / "s0.json")
+    np.testing.assert_array_equal(replayed, labels)

@@ -135,3 +135,19 @@ def test_segment_prompts_not_json_and_mixed_flags(tmp_path, capsys):
     assert_refused(code, err, out, "not valid JSON")
     code, _, err = run_cli(capsys, "segment", image, "-o", out, "--prompts", prompts, "--box", 1, 2, 3, 4)
     assert_refused(code, err, out, "--prompts replaces --box")
+
+
+def test_segment_never_overwrites_a_foreign_json_beside_out(tmp_path, capsys):
+    """OUT=case.nii.gz would write case.json: when that is the user's prompts file, refuse up front."""
+    image, _ = write_case(tmp_path, "ct", 5)
+    vol, z, box = ct_volume(5)
+    prompts = tmp_path / "case.json"
+    prompts.write_text(json.dumps({"prompts": [{"slice": z, "box": box}]}))
+    out = tmp_path / "case.nii.gz"
+    code, _, err = run_cli(capsys, "segment", image, "-o", out, "--prompts", prompts)
+    assert code != 0 and "case.json exists and is not a samlab provenance file" in err
+    assert not out.exists() and json.loads(prompts.read_text())["prompts"][0]["box"] == box
+    # an earlier provenance record there is simply replaced
+    out2 = tmp_path / "seg.nii.gz"
+    assert run_cli(capsys, "segment", image, "-o", out2, "--prompts", prompts)[0] == 0
+    assert run_cli(capsys, "segment", image, "-o", out2, "--prompts", prompts)[0] == 0

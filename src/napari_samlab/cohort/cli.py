@@ -48,12 +48,29 @@ def _flag_prompt_used(args) -> list:
 
 
 def check_segment_args(args) -> None:
-    """Refuse ``--prompts`` together with the single-prompt flags (which one would win is unclear)."""
+    """Checks before any work: the sidecar would not overwrite a foreign file, and
+    ``--prompts`` is not mixed with the single-prompt flags (which would win is unclear)."""
+    from .provenance import sidecar_path
+
+    side = sidecar_path(args.output)
+    if side.exists() and not _is_record(side):
+        raise SamlabError(f"{side.name} exists and is not a samlab provenance file; writing {Path(args.output).name} "
+                          f"would replace it with OUT's provenance record: choose another OUT name")
     if getattr(args, "prompts", None) is None:
         return
     used = _flag_prompt_used(args)
     if used:
         raise SamlabError(f"--prompts replaces {', '.join(used)}: put that prompt into the prompts file or leave out --prompts")
+
+
+def _is_record(path: Path) -> bool:
+    from .provenance import read_provenance
+
+    try:
+        read_provenance(path)
+    except SamlabError:
+        return False
+    return True
 
 
 def entries_for_args(args) -> list:
