@@ -32,7 +32,7 @@ def surface(mask: np.ndarray) -> np.ndarray:
     Examples
     --------
     >>> m = np.zeros((5, 5), bool); m[1:4, 1:4] = True
-    >>> surface(m).sum()
+    >>> int(surface(m).sum())
     8
     """
     mask = np.asarray(mask, bool)
