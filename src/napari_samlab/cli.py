@@ -1,4 +1,5 @@
-"""The ``samlab`` command line (SPEC.md): ``samlab segment``, ``samlab info`` and ``samlab cache``.
+"""The ``samlab`` command line (SPEC.md): ``samlab segment``, ``samlab info``, ``samlab cache``,
+and the cohort commands ``batch``, ``replay`` and ``compare`` (napari_samlab.cohort.cli).
 
 Bad input ends with one line on stderr, a non-zero exit and no output
 file; tracebacks are shown only with ``SAMLAB_DEBUG=1``.
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--label", type=int, default=1, metavar="N", help="label value of the object (default 1)")
     seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
+    from .cohort import cli as cohort_cli  # cohort hooks: segment --prompts, batch, replay, compare
+
+    cohort_cli.add_segment_options(seg)
+    cohort_cli.add_subcommands(sub, FAMILIES, PRESET_NAMES)
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -77,6 +82,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         build_parser().print_help()
         return EXIT_USAGE
     try:
+        if getattr(args, "handler", None) is not None:  # batch, replay, compare
+            return args.handler(args)
         if args.command == "segment":
             return run_segment(args)
         if args.command == "cache":
@@ -150,15 +157,19 @@ def run_segment(args) -> int:
     image = read_image(args.image)
     if image_extension(out) == ".dcm" and image.metadata.get("format") != "dicom":
         raise SamlabError("a .dcm output is a DICOM Segmentation and needs a DICOM series as IMAGE: save as .nii.gz or .nrrd instead")
+    from .cohort import cli as cohort_cli
+
+    cohort_cli.check_segment_args(args)
     model = _load_model(args)
-    labels = segment_image(image, model, args)
+    labels = cohort_cli.segment_labels(image, model, args, segment_image)  # --prompts FILE, else the flags
     from .io.writers import write_labels
 
-    write_labels(labels, image, out, segment_names={args.label: "object"} if model.needs_prompt else None)
+    write_labels(labels, image, out, segment_names=cohort_cli.segment_names(labels, model, args))
+    side = cohort_cli.write_segment_sidecar(image, model, args, out)  # provenance: OUT with .json
     n = int(np.count_nonzero(labels))
     ml = n * float(np.prod(image.spacing)) / 1000.0 if image.spatial_ndim == 3 else None
     size = f", {ml:.2f} mL" if ml is not None else ""
-    print(f"wrote {out} ({n} voxels labelled{size})")
+    print(f"wrote {out} ({n} voxels labelled{size}) and its provenance {side.name}")
     return 0
 
 
