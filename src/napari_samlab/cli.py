@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--label", type=int, default=1, metavar="N", help="label value of the object (default 1)")
     seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
+    from .instances.cli import add_everything_options
+
+    add_everything_options(seg)
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="machine-readable output")
@@ -151,7 +154,12 @@ def run_segment(args) -> int:
     if image_extension(out) == ".dcm" and image.metadata.get("format") != "dicom":
         raise SamlabError("a .dcm output is a DICOM Segmentation and needs a DICOM series as IMAGE: save as .nii.gz or .nrrd instead")
     model = _load_model(args)
-    labels = segment_image(image, model, args)
+    if getattr(args, "everything", False):
+        from .instances.cli import run_everything
+
+        labels = run_everything(args, image, model)
+    else:
+        labels = segment_image(image, model, args)
     from .io.writers import write_labels
 
     write_labels(labels, image, out, segment_names={args.label: "object"} if model.needs_prompt else None)
