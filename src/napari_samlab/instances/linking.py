@@ -46,9 +46,11 @@ def link_slices(labels2d: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
 
     Examples
     --------
-    >>> s = np.zeros((3, 8, 8), int); s[:, 2:5, 2:5] = [1, 4, 2]; s[2, 6:8, 6:8] = 1
+    >>> s = np.zeros((3, 8, 8), int)
+    >>> s[0, 2:5, 2:5], s[1, 2:5, 2:5], s[2, 2:5, 2:5] = 1, 4, 2
+    >>> s[2, 6:8, 6:8] = 1
     >>> out = link_slices(s)
-    >>> sorted(np.unique(out[:, 3, 3])), int(out.max())
+    >>> np.unique(out[:, 3, 3]).tolist(), int(out.max())
     ([1], 2)
     """
     stack = np.asarray(labels2d)

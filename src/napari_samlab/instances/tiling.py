@@ -63,7 +63,7 @@ def run_tiled(shape: Tuple[int, ...], segment: Callable[[tuple], np.ndarray], ti
     Examples
     --------
     >>> img = np.zeros((20, 20), bool); img[2:6, 2:6] = img[12:18, 12:18] = True
-    >>> run_tiled(img.shape, lambda o: ndi.label(img[o])[0], tile=10, margin=5).max()
+    >>> int(run_tiled(img.shape, lambda o: ndi.label(img[o])[0], tile=10, margin=5).max())
     2
     """
     out = np.zeros(shape, np.int32)
