@@ -139,18 +139,23 @@ def sam_instances(predictor, image2d: np.ndarray, window="auto", min_size: float
                                         dense_prompt_embeddings=dense, multimask_output=True)
             low = low.flatten(0, 1)[:, None]
             iou = iou.flatten()
-            up = F.interpolate(low, (model.image_size, model.image_size), mode="bilinear", align_corners=False)
-            up = F.interpolate(up[..., :ih, :iw], (h, w), mode="bilinear", align_corners=False)[:, 0]
-            keep = iou > settings.pred_iou_thresh
-            t, o = model.mask_threshold, settings.stability_offset
-            inter = (up > t + o).flatten(1).sum(1).float()
-            union = (up > t - o).flatten(1).sum(1).float()
-            stab = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
-            keep &= stab >= settings.stability_thresh
-            m = up > t
-            area = m.flatten(1).sum(1)
-            keep &= (area > max(min_size, 0)) & (area < settings.max_area_fraction * h * w)
-            if keep.any():
+            # the IoU filter first: only its survivors are upsampled, a few at a time (bounded memory)
+            cand = torch.nonzero(iou > settings.pred_iou_thresh).flatten()
+            for c0 in range(0, len(cand), 8):
+                idx = cand[c0:c0 + 8]
+                up = F.interpolate(low[idx], (model.image_size, model.image_size), mode="bilinear", align_corners=False)
+                up = F.interpolate(up[..., :ih, :iw], (h, w), mode="bilinear", align_corners=False)[:, 0]
+                t, o = model.mask_threshold, settings.stability_offset
+                inter = (up > t + o).flatten(1).sum(1).float()
+                union = (up > t - o).flatten(1).sum(1).float()
+                stab = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+                m = up > t
+                del up
+                area = m.flatten(1).sum(1)
+                keep = (stab >= settings.stability_thresh) & (area > max(min_size, 0)) \
+                    & (area < settings.max_area_fraction * h * w)
+                if not keep.any():
+                    continue
                 m = m[keep]
                 ys = m.any(2)
                 xs = m.any(1)
@@ -162,7 +167,7 @@ def sam_instances(predictor, image2d: np.ndarray, window="auto", min_size: float
                 x1 = torch.where(xs, ar_x, -1).max(1).values
                 boxes.append(torch.stack([x0, y0, x1, y1], 1).float().cpu())
                 masks.append(m.cpu())
-                scores.append(iou[keep].cpu())
+                scores.append(iou[idx][keep].cpu())
             if progress is not None:
                 progress(b + 1, total)
     if not masks:
