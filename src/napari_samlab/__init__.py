@@ -9,7 +9,7 @@ start-up) stays cheap and torch is only loaded when a model is.
 """
 __version__ = "0.1.0"
 
-__all__ = ["read_image", "write_labels", "load_model", "SlicePredictor", "Image", "SamlabError"]
+__all__ = ["read_image", "write_labels", "load_model", "SlicePredictor", "Image", "SamlabError", "segment_everything"]
 
 
 def __getattr__(name):
@@ -29,6 +29,10 @@ def __getattr__(name):
         from .predict.predictor import SlicePredictor
 
         return SlicePredictor
+    if name == "segment_everything":
+        from .instances.api import segment_everything
+
+        return segment_everything
     if name == "Image":
         from .io.image import Image
 

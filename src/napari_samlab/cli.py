@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
     from .cohort import cli as cohort_cli  # cohort hooks: segment --prompts, batch, replay, compare
+    from .instances.cli import add_everything_options
 
     cohort_cli.add_segment_options(seg)
+    add_everything_options(seg)
     cohort_cli.add_subcommands(sub, FAMILIES, PRESET_NAMES)
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -161,7 +163,12 @@ def run_segment(args) -> int:
 
     cohort_cli.check_segment_args(args)
     model = _load_model(args)
-    labels = cohort_cli.segment_labels(image, model, args, segment_image)  # --prompts FILE, else the flags
+    if getattr(args, "everything", False):
+        from .instances.cli import run_everything
+
+        labels = run_everything(args, image, model)
+    else:
+        labels = cohort_cli.segment_labels(image, model, args, segment_image)  # --prompts FILE, else the flags
     from .io.writers import write_labels
 
     write_labels(labels, image, out, segment_names=cohort_cli.segment_names(labels, model, args))
