@@ -135,7 +135,7 @@ def perturbed(case: Case, which: str, seed: int = 0) -> Case:
             zz, yy, xx = np.indices(v.shape, dtype=np.float32)
             ramp = 60.0 * (xx / v.shape[2] - 0.5)
             return Case(name, "perturbed", v + ramp.astype(v.dtype if v.dtype.kind == "f" else np.float32), t, case.modality)
-        img, _ = _tio_apply(v, tio.RandomBiasField(coefficients=(0.5, 0.5), order=3))
+        img, _ = _tio_apply(v, tio.RandomBiasField(coefficients=0.5, order=3))  # TorchIO's default range
         return Case(name, "perturbed", img, t, case.modality)
     if which == "invert":
         vf = v.astype(np.float32)

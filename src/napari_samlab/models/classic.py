@@ -123,6 +123,9 @@ class ClassicModel(SegmentationModel):
     track_prior : float
         Weight of the shape prior in log-likelihood units: intensity
         evidence stronger than this overrules the previous outline.
+    track_prior_out : float
+        The same outside the previous outline; above the likelihood cap (4)
+        growth per slice is bounded by about ``tau`` whatever the evidence.
     track_smooth : float
         Gaussian sigma (pixels) of the log-likelihood map.
     track_evidence : float
@@ -166,8 +169,8 @@ class ClassicModel(SegmentationModel):
                  grow: float = 0.05, edge_level: float = 0.3, refine_steps: int = 1, shrink: int = 1, trim: float = 0.5,
                  click_level: float = 0.5, click_background: float = 10.0, split_h: float = 0.05,
                  split_sigma: float = 2.0, split_dist: float = 0.5, ray_rise: float = 0.25,
-                 track_tau: float = 0.15, track_reach: float = 0.25, track_change0: float = 0.2,
-                 track_prior: float = 2.5, track_smooth: float = 0.5, track_evidence: float = 0.35,
+                 track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
+                 track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5, track_evidence: float = 0.35,
                  track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6):
         # every value tuned with benchmarks/bench_classic_quality.py
         self.params = dict(
@@ -177,7 +180,7 @@ class ClassicModel(SegmentationModel):
             click_level=float(click_level), click_background=float(click_background),
             split_h=float(split_h), split_sigma=float(split_sigma), split_dist=float(split_dist),
             ray_rise=float(ray_rise), track_tau=float(track_tau), track_reach=float(track_reach),
-            track_change0=float(track_change0), track_prior=float(track_prior), track_smooth=float(track_smooth),
+            track_change0=float(track_change0), track_prior=float(track_prior), track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
         )

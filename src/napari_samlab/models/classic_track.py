@@ -200,7 +200,12 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
     sdf = ndi.distance_transform_edt(p) - ndi.distance_transform_edt(~p)
     dist = np.maximum(-sdf, 0.0)
     z_reach = dist <= r_reach
-    post = L + params["track_prior"] * np.tanh(sdf / tau)
+    # inside, strong evidence may overrule the outline (the object shrinks
+    # or ends); outside, growth beyond ~tau needs more than any evidence can
+    # give (``track_prior_out`` > the likelihood cap): a touching neighbour of
+    # the same intensity is not followed faster than the object's own change
+    prior = np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], params["track_prior_out"])
+    post = L + prior
     obj = (post > 0) & z_reach
     side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
     r_open = int(np.clip(round(0.03 * side), 1, 4))
