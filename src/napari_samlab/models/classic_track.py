@@ -55,7 +55,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classic_ops import best_threshold, crop_box, disk, keep_overlapping, project_with
+from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, grow, keep_overlapping, project_with,
+                          shrink)
 
 BINS = 64
 L_CLIP = 4.0  # |log-likelihood ratio| cap: one odd bin must not decide alone
@@ -87,9 +88,15 @@ def log_ratio(g: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
 def _rings(m: np.ndarray, rad: float):
     """The object's interior and a ring of local background around it."""
     rb = int(np.clip(round(0.3 * rad), 3, 12))
-    ring = ndi.binary_dilation(m, disk(rb + 1)) & ~ndi.binary_dilation(m, disk(1))
-    inner = ndi.binary_erosion(m, disk(1))
-    return (inner if inner.sum() >= 4 else m), ring
+    d_out, d_in = dist_outside(m), dist_inside(m)
+    ring = grow(m, rb + 1, d_out) & ~grow(m, 1, d_out)
+    # the interior sample stays clear of the outline (partial-volume rim, a
+    # sliver of neighbour the mask took in): 1 px, up to 4 for large objects
+    inner = shrink(m, int(np.clip(round(0.05 * rad), 1, 4)), d_in)
+    if inner.sum() < 4:
+        inner = shrink(m, 1, d_in)
+    band = grow(m, 4, d_out) & ~grow(m, 1, d_out)
+    return (inner if inner.sum() >= 4 else m), ring, band
 
 
 def _threshold_stats(g, inner, ring):
@@ -140,7 +147,7 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
     rad = float(np.sqrt(area / np.pi))
     (r0, r1, c0, c1), m = crop_box(mask, int(np.clip(round(0.3 * rad), 3, 12)) + 4)
     f = feat[r0:r1, c0:c1]
-    inner, ring = _rings(m, rad)
+    inner, ring, band = _rings(m, rad)
     if not ring.any():
         ring = ~m if (~m).any() else m
     w = lo = hi = None
@@ -162,7 +169,6 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
         bg = 0.5 * anchor["bg"] + 0.5 * bg
     L = log_ratio(g, fg, bg)
     evidence = float(L[m].mean())
-    band = ndi.binary_dilation(m, disk(4)) & ~ndi.binary_dilation(m, disk(1))
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
     st = _threshold_stats(g, inner, ring)
     if prev is None or prev.get("anchor") is None:
@@ -197,7 +203,7 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
     g = project_with(f, st.get("w"), st.get("lo"), st.get("hi"))
     L = log_ratio(g, st["fg"], st["bg"])
     L = ndi.gaussian_filter(L, params["track_smooth"])
-    sdf = ndi.distance_transform_edt(p) - ndi.distance_transform_edt(~p)
+    sdf = dist_inside(p) - dist_outside(p)
     dist = np.maximum(-sdf, 0.0)
     z_reach = dist <= r_reach
     # inside, strong evidence may overrule the outline (the object shrinks
@@ -209,10 +215,10 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
     obj = (post > 0) & z_reach
     side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
     r_open = int(np.clip(round(0.03 * side), 1, 4))
-    o = ndi.binary_opening(obj, disk(r_open))
+    o = grow(shrink(obj, r_open), r_open)
     o = o if (o & p).any() else obj
     mask = keep_overlapping(o, p, 0.15)
-    mask = obj & ndi.binary_dilation(mask, disk(r_open))
+    mask = obj & grow(mask, r_open)
     flags = set()
     # leaks: parts beyond the growth zone that run on to the reach limit
     out = mask & (dist > r_grow)
@@ -227,7 +233,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
     r_close = int(np.clip(round(0.03 * side), 1, 8))
     if mask.any():
         pad = r_close + 1
-        mask = ndi.binary_closing(np.pad(mask, pad), disk(r_close))[pad:-pad, pad:-pad] & z_reach
+        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
+        mask = closed[pad:-pad, pad:-pad] & z_reach
     mask = ndi.binary_fill_holes(mask)
     area = int(mask.sum())
     info = dict(area=area, flags=flags)
@@ -235,7 +242,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
         return None, dict(info, ended="vanished")
     anchor = st["anchor"]
     evidence = float(L[mask].mean())
-    band = ndi.binary_dilation(mask, disk(4)) & ~ndi.binary_dilation(mask, disk(1))
+    d_new = dist_outside(mask)
+    band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
     info.update(evidence=evidence, open=open_frac)
     ref = max(anchor["evidence"], 0.25)
