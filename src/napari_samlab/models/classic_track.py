@@ -72,7 +72,7 @@ def _hist(v: np.ndarray) -> np.ndarray:
     h = ndi.gaussian_filter1d(h, 1.5, mode="nearest")
     h /= h.sum()
     centres = (np.arange(BINS) + 0.5) / BINS
-    sd = max(float(v.std()), 0.02)
+    sd = max(float(v.std()), 0.1)  # wide: orders values far from both samples
     tail = np.exp(-0.5 * ((centres - float(v.mean())) / sd) ** 2)
     h = 0.9 * h + 0.1 * tail / tail.sum() + 1e-6  # nothing is impossible
     return h / h.sum()
