@@ -29,8 +29,9 @@ extent), the flagged slices and the time, and each perturbation's Dice
 loss against its clean case (allowed: 0.10).
 
 Measured (defaults; classic uses its "track" step, ClassicModel.propagate_step):
-brain oracle 0.9996, classic 0.964 (box+mask strategy: 0.71, ran to the
-volume's end); lung oracle 0.998, classic 0.882 (box+mask: 0.39).  Most
+brain oracle 0.9996, classic 0.972 (box+mask strategy: 0.71, ran to the
+volume's end); lung oracle 0.998, classic 0.867 (box+mask: 0.39).  The
+suite's table, before and after issue 11: docs/classic_engine.md.  Most
 classic slices with true Dice < 0.8 are the object's thin ends (brain top
 z=146..158 over-segmented by the surrounding cortex/CSF partial volume,
 brainstem continued into the cord below z=4, tumour end slices).
@@ -162,8 +163,9 @@ def sweep(name, vol, truth, model):
         except Exception as exc:  # an engine bug must not hide the other rows
             print(f"{name:6s} {label:18s} failed: {type(exc).__name__}: {exc}")
     # the classic engine's own step ("track"): its parameters
-    mgrid = [("track_grow", (0.05, 0.2)), ("track_reach", (0.2, 0.5)), ("track_open", (0.3, 0.7)),
-             ("track_shift", (0.3, 0.7)), ("track_level", (0.0, 0.3, 0.7)), ("track_min_fraction", (0.1,))]
+    mgrid = [("track_tau", (0.1, 0.3)), ("track_reach", (0.15, 0.35)), ("track_prior", (1.5, 3.5)),
+             ("track_prior_out", (2.5, 8.0)), ("track_evidence", (0.25, 0.5)), ("track_open", (0.3, 0.7)),
+             ("track_min_fraction", (0.1,))]
     for key, values in mgrid:
         for v in values:
             try:
