@@ -54,7 +54,7 @@ from scipy import ndimage as ndi
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
-from .classic_ops import (SDF_CLIP, best_threshold, crop_box, cut_negatives, disk, edge_contrast, project,
+from .classic_ops import (best_threshold, crop_box, cut_negatives, disk, edge_contrast, project,
                           ray_cut, signed_distance, split_touching)
 from . import classic_track
 
@@ -170,9 +170,10 @@ class ClassicModel(SegmentationModel):
                  click_level: float = 0.5, click_background: float = 10.0, split_h: float = 0.05,
                  split_sigma: float = 2.0, split_dist: float = 0.5, ray_rise: float = 0.25,
                  track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
-                 track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5, track_evidence: float = 0.35,
-                 track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6):
-        # every value tuned with benchmarks/bench_classic_quality.py
+                 track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
+                 track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6):
+        # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
+        # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
             smoothing=float(smoothing), margin=float(margin), iterations=int(iterations),
             core=float(core), keep_fraction=float(keep_fraction), close_fraction=float(close_fraction),
@@ -180,7 +181,8 @@ class ClassicModel(SegmentationModel):
             click_level=float(click_level), click_background=float(click_background),
             split_h=float(split_h), split_sigma=float(split_sigma), split_dist=float(split_dist),
             ray_rise=float(ray_rise), track_tau=float(track_tau), track_reach=float(track_reach),
-            track_change0=float(track_change0), track_prior=float(track_prior), track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
+            track_change0=float(track_change0), track_prior=float(track_prior),
+            track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
         )
