@@ -54,6 +54,9 @@ def test_tumour_on_thick_slices_reaches_its_true_extent():
     # the runs ended on the classic engine's own evidence, and where they ended is flagged
     assert all(s.rule_fired for s in res.stops)
     assert lo in res.flagged_slices() and hi in res.flagged_slices()
+    # the engine's own doubts reach the records: the end slices' areas fall
+    # by far more than 1.6x from their neighbours'
+    assert "track_jump" in res.records[lo].flags | res.records[hi].flags
 
 
 def test_low_contrast_small_structure_does_not_run_away():
