@@ -37,22 +37,12 @@ none was given) and the object/background samples, which is how a mask is
 carried from one slice to the next.
 
 **Propagation** (:meth:`ClassicModel.propagate_step`, the ``"track"``
-strategy of ``napari_samlab.propagate``).  A 2D box prompt always finds
-*something*, so box+mask propagation never stops once the object has ended
-(it jumped from the brain to the whole head, from the tumour into the chest
-wall).  The step instead takes the previous slice's mask and intensity
-statistics (``Prediction.extra["stats"]``, see :meth:`object_stats`):
-object-like pixels (previous threshold, far-side trim) near the previous
-mask (``track_reach`` x its radius), opened and kept where they overlap it;
-parts beyond ``track_grow`` x radius that run on to the reach limit are
-leaks and are cut; a 1-pixel partial-volume rim is added above
-``track_level``.  It returns an empty mask (score 0) when the object has
-ended: too small (``track_min_fraction``), median intensity moved
-(``track_shift`` x contrast), or no edge of its own (``track_open`` of a
-band around it object-like too).  Measured with
-``benchmarks/eval_propagation.py`` (one box on the middle slice, defaults):
-Colin27 brain 3D Dice 0.96, lung2 tumour 0.88 (box+mask propagation: 0.71
-and 0.39).
+strategy of ``napari_samlab.propagate``): the object's appearance
+(object / local-background histograms learned on the prompted slice,
+updated slice by slice) and the previous mask as a shape prior, loosened by
+the object's observed slice-to-slice change; it stops on evidence that the
+object has ended and flags the slices it is unsure of.  See
+:mod:`napari_samlab.models.classic_track` and ``docs/classic_engine.md``.
 """
 from __future__ import annotations
 
@@ -64,20 +54,15 @@ from scipy import ndimage as ndi
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
+from .classic_ops import (best_threshold, crop_box, cut_negatives, disk, edge_contrast, project,
+                          ray_cut, signed_distance, split_touching)
+from . import classic_track
 
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "1"
-SDF_CLIP = 32.0
+ALGORITHM_VERSION = "2"
 TINY = 4  # boxes narrower than this are returned filled
-
-
-def _disk(r: int) -> np.ndarray:
-    r = int(max(r, 0))
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x * x + y * y <= r * r + r  # slightly fuller disk than r**2
-
 
 class ClassicModel(SegmentationModel):
     """Weight-free promptable segmentation (scikit-image / SciPy).
@@ -125,29 +110,39 @@ class ClassicModel(SegmentationModel):
     ray_rise : float
         Rays from a click stop where the intensity rises again by this much
         (relative to the clicked contrast) after falling: a touching neighbour.
-    track_grow, track_reach : float
-        :meth:`propagate_step`: a new mask may grow up to ``track_reach`` x
-        the previous object's radius (equivalent disk) beyond the previous
-        mask; parts beyond ``track_grow`` x radius that still run into that
-        limit are leaks (cut at ``track_grow``).  Brain 1 mm / tumour 5 mm
-        slices (benchmarks/eval_propagation.py --sweep): grow 0.05-0.2 and
-        reach 0.2-0.3 give 3D Dice within 0.01; reach 0.5 lets the brain
-        leak (0.957 instead of 0.964).
+    track_tau : float
+        :meth:`propagate_step`: width of the shape prior (``tanh(sdf /
+        tau)``), as a fraction of the object's radius (equivalent disk).
+    track_reach : float
+        How far (fraction of the radius) the object may move or grow from
+        one slice to the next; parts that run on to this limit are leaks.
+        Both ``tau`` and the reach are multiplied by ``1 + 2 x change``,
+        the object's observed slice-to-slice change (1 - IoU, at most 0.6).
+    track_change0 : float
+        The change assumed for the first step (no history yet).
+    track_prior : float
+        Weight of the shape prior in log-likelihood units: intensity
+        evidence stronger than this overrules the previous outline.
+    track_prior_out : float
+        The same outside the previous outline; above the likelihood cap (4)
+        growth per slice is bounded by about ``tau`` whatever the evidence.
+    track_smooth : float
+        Gaussian sigma (pixels) of the log-likelihood map.
+    track_evidence : float
+        The object has ended when the mean log-likelihood ratio inside the
+        new mask falls below this fraction of the object's own on the
+        prompted slice.
     track_open : float
         The object has ended when more than this fraction of a band 2-4 px
-        outside the new mask is object-like too (no edge of its own).
-    track_shift : float
-        The object has ended when the median intensity moved by more than
-        this fraction of the object/background contrast (0.3 stops the
-        tumour too early: 0.86 instead of 0.88).
+        outside the new mask is object-like (and 0.25 more than around the
+        prompted object): no edge of its own.
     track_min_fraction : float
         The object has ended when less than this fraction of the previous
         area is left.
-    track_level : float
-        Pixels next to the new mask brighter (darker) than this fraction of
-        the way from the surrounding ring to the object are added (partial-
-        volume rim; 0 disables: tumour 0.85 instead of 0.88; 0.3 lets the
-        brain spread, 0.949 instead of 0.964).
+    track_flag_area : float
+        A kept slice whose area changed by more than this factor is flagged.
+
+    Every value and how it was chosen: ``docs/classic_engine.md``.
 
     Examples
     --------
@@ -174,18 +169,22 @@ class ClassicModel(SegmentationModel):
                  grow: float = 0.05, edge_level: float = 0.3, refine_steps: int = 1, shrink: int = 1, trim: float = 0.5,
                  click_level: float = 0.5, click_background: float = 10.0, split_h: float = 0.05,
                  split_sigma: float = 2.0, split_dist: float = 0.5, ray_rise: float = 0.25,
-                 track_grow: float = 0.1, track_reach: float = 0.3, track_open: float = 0.5,
-                 track_shift: float = 0.5, track_min_fraction: float = 0.02, track_level: float = 0.5):
-        # every value tuned with benchmarks/bench_classic_quality.py
+                 track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
+                 track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
+                 track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6):
+        # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
+        # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
             smoothing=float(smoothing), margin=float(margin), iterations=int(iterations),
             core=float(core), keep_fraction=float(keep_fraction), close_fraction=float(close_fraction),
             grow=float(grow), edge_level=float(edge_level), shrink=int(shrink), refine_steps=int(refine_steps), trim=float(trim),
             click_level=float(click_level), click_background=float(click_background),
             split_h=float(split_h), split_sigma=float(split_sigma), split_dist=float(split_dist),
-            ray_rise=float(ray_rise), track_grow=float(track_grow), track_reach=float(track_reach),
-            track_open=float(track_open), track_shift=float(track_shift),
-            track_min_fraction=float(track_min_fraction), track_level=float(track_level),
+            ray_rise=float(ray_rise), track_tau=float(track_tau), track_reach=float(track_reach),
+            track_change0=float(track_change0), track_prior=float(track_prior),
+            track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
+            track_evidence=float(track_evidence), track_open=float(track_open),
+            track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
         )
         for k, v in self.params.items():
             setattr(self, k, v)
@@ -343,77 +342,28 @@ class ClassicModel(SegmentationModel):
                 scores.append(s)
             score = float(np.mean(scores)) if scores else 0.0
         # what the object looks like here: the next slice's propagate_step compares with it
-        return Prediction(mask=mask, score=float(np.clip(score, 0, 1)), low_res_logits=_signed_distance(mask),
+        return Prediction(mask=mask, score=float(np.clip(score, 0, 1)), low_res_logits=signed_distance(mask),
                           extra={"stats": self.object_stats(embedding, mask)})
 
     # ------------------------------------------------------------------
-    def object_stats(self, embedding: dict, mask: np.ndarray) -> Optional[dict]:
+    # ------------------------------------------------------------------
+    def object_stats(self, embedding: dict, mask: np.ndarray, prev: Optional[dict] = None) -> Optional[dict]:
         """What an object looks like on this slice, for :meth:`propagate_step`.
 
-        Parameters
-        ----------
-        embedding : dict
-            From :meth:`encode` (the slice that ``mask`` belongs to).
-        mask : ndarray of bool (H, W)
-
-        Returns
-        -------
-        dict or None
-            The feature projection (``w``, ``lo``, ``hi``; None for grey),
-            the threshold ``t`` and polarity ``sign`` that best separate the
-            object's interior from a ring just outside it, their
-            separability ``sep``, the object's median ``median`` and 95th
-            percentile ``upper`` (signed: larger is more object-like), the
-            ring's median ``ring`` and the ``area``.  None for masks of
-            fewer than 4 pixels.
+        See :func:`napari_samlab.models.classic_track.object_stats`: the
+        object / local-background histograms, the prompted slice's reference
+        (``anchor``), the evidence and the area history; None for masks of
+        fewer than 4 pixels.
         """
-        feat = embedding["feature"]
-        mask = np.asarray(mask, bool)
-        area = int(mask.sum())
-        if area < 4:
-            return None
-        (r0, r1, c0, c1), m = _crop(mask, 12)
-        f = feat[r0:r1, c0:c1]
-        rad = float(np.sqrt(area / np.pi))
-        rb = int(np.clip(round(0.1 * rad), 3, 8))
-        ring = ndi.binary_dilation(m, _disk(rb + 1)) & ~ndi.binary_dilation(m, _disk(1))
-        inner = ndi.binary_erosion(m, _disk(1))
-        inner = inner if inner.sum() >= 4 else m
-        w = lo = hi = None
-        if f.shape[-1] > 1 and ring.any():
-            a, b = f[inner].astype(np.float64), f[ring].astype(np.float64)
-            cov = (np.cov(a.T) * len(a) + np.cov(b.T) * len(b)) / max(len(a) + len(b), 1) + 1e-4 * np.eye(f.shape[-1])
-            w = np.linalg.solve(cov, a.mean(0) - b.mean(0)).astype(np.float32)
-            full = feat @ w
-            lo, hi = float(full.min()), float(full.max())
-        g = _project_with(f, w, lo, hi)
-        if not ring.any():
-            ring = ~m
-        t, sign, sep = _best_threshold(g[inner], g[ring])
-        v = sign * g[inner].astype(np.float64)
-        return dict(w=w, lo=lo, hi=hi, t=t, sign=sign, sep=sep, median=float(np.median(v)),
-                    upper=float(np.percentile(v, 95)), ring=float(np.median(sign * g[ring])), area=area)
+        return classic_track.object_stats(embedding, mask, prev)
 
     def propagate_step(self, embedding: dict, prev_mask: np.ndarray, prev_stats: Optional[dict] = None) -> Prediction:
         """The object of ``prev_mask`` (the neighbouring slice's result) on this slice.
 
-        Objects change slowly from one slice to the next, so the previous
-        mask is a strong prior (see the module docstring, "Propagation"):
-
-        1. object-like pixels: on the object's side of the previous slice's
-           threshold ``t`` and not far beyond its own intensity (the far-side
-           trim), within ``reach`` x the object's radius of the previous mask;
-        2. opened (cuts thin bridges), kept where they overlap the previous
-           mask; parts beyond ``grow`` x radius that still run into the
-           reach limit are leaks into a neighbour and are cut at ``grow``;
-           closed and hole-filled as in the 2D recipe;
-        3. the object has ended (empty mask, score 0) when what is left is
-           smaller than ``track_min_fraction`` of the previous area, when
-           its median intensity moved by more than ``track_shift`` x the
-           object/background contrast, or when more than ``track_open`` of
-           a band just outside it is object-like too: the region then has
-           no edge of its own and is part of a larger structure (the tumour
-           gave way to the liver, the brain to the neck).
+        The object's appearance (learned on the prompted slice, updated
+        slice by slice) and the previous mask as a shape prior give the new
+        mask; it is empty (score 0) once the evidence says the object has
+        ended (see :mod:`napari_samlab.models.classic_track`).
 
         Parameters
         ----------
@@ -429,8 +379,10 @@ class ClassicModel(SegmentationModel):
         Returns
         -------
         Prediction
-            ``extra`` holds ``"stats"`` (for the next step), ``"open"``,
-            ``"shift"`` and, for an empty result, ``"ended"`` (why).
+            ``extra`` holds ``"stats"`` (for the next step), ``"ended"``
+            (None, or why the object has ended), ``"flags"`` (why this slice
+            is uncertain; propagation copies them to the slice's record),
+            ``"evidence"``, ``"open"`` and ``"area"``.
 
         Examples
         --------
@@ -448,71 +400,23 @@ class ClassicModel(SegmentationModel):
         empty = np.zeros((H, W), bool)
 
         def ended(why, **info):
-            return Prediction(mask=empty, score=0.0, low_res_logits=_signed_distance(empty),
-                              extra=dict(stats=None, ended=why, **info))
+            return Prediction(mask=empty, score=0.0, low_res_logits=signed_distance(empty),
+                              extra=dict(info, stats=None, ended=why, flags=set(info.get("flags", ()))))
 
-        area0 = int(P.sum())
-        if area0 < 4:
+        if int(P.sum()) < 4:
             return ended("no previous mask")
-        st = prev_stats if prev_stats is not None else self.object_stats(embedding, P)
+        st = prev_stats if prev_stats is not None and "anchor" in prev_stats else self.object_stats(embedding, P)
         if st is None:
             return ended("no previous mask")
-        rad = float(np.sqrt(area0 / np.pi))
-        r_grow = max(2, int(round(self.track_grow * rad)))
-        r_reach = max(r_grow + 2, int(round(self.track_reach * rad)))
-        (r0, r1, c0, c1), p = _crop(P, r_reach + 8)
-        f = embedding["feature"][r0:r1, c0:c1]
-        sign = st["sign"]
-        g = sign * _project_with(f, st["w"], st["lo"], st["hi"])  # larger = more object-like
-        t = sign * st["t"]
-        contrast = max(st["median"] - t, 1e-6)
-        upper = st["upper"] + self.trim * contrast if self.trim > 0 else np.inf
-        like = (g > t) & (g <= upper)
-        dist = ndi.distance_transform_edt(~p)
-        z_grow, z_reach = dist <= r_grow, dist <= r_reach
-        obj = like & z_reach
-        side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
-        r_open = int(np.clip(round(0.02 * side), 1, 4))
-        o = ndi.binary_opening(obj, _disk(r_open))
-        mask = _keep_overlapping(o, p, self.keep_fraction)
-        mask = obj & ndi.binary_dilation(mask, _disk(r_open))
-        # leaks: parts beyond the growth zone that run on to the reach limit
-        out = mask & ~z_grow
-        if out.any():
-            lab, n = ndi.label(out)
-            at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
-            mask &= ~np.isin(lab, at_limit[at_limit > 0])
-            mask = _keep_overlapping(mask, p, self.keep_fraction)
-        r_close = int(np.clip(round(self.close_fraction * side), 0, 8))
-        if r_close and mask.any():
-            pad = r_close + 1
-            mask = ndi.binary_closing(np.pad(mask, pad), _disk(r_close))[pad:-pad, pad:-pad] & z_reach
-        mask = ndi.binary_fill_holes(mask)
-        if self.track_level > 0 and mask.any():
-            # a 1-pixel partial-volume rim: the sample threshold sits high
-            # where a similar neighbour (chest wall) lies in the ring
-            t_rim = st["ring"] + self.track_level * (st["median"] - st["ring"])
-            mask |= ndi.binary_dilation(mask) & (g > t_rim) & z_reach
-        area = int(mask.sum())
-        if area < max(4, self.track_min_fraction * area0):
-            return ended("vanished", area=area)
-        band = ndi.binary_dilation(mask, _disk(4)) & ~ndi.binary_dilation(mask, _disk(1))
-        open_frac = float(like[band].mean()) if band.any() else 0.0
-        shift = abs(float(np.median(g[mask])) - st["median"]) / contrast
-        info = dict(open=open_frac, shift=shift, area=area)
-        if open_frac > self.track_open:
-            return ended("no edge of its own", **info)
-        if shift > self.track_shift:
-            return ended("intensity changed", **info)
-        full = np.zeros((H, W), bool)
-        full[r0:r1, c0:c1] = mask
-        e_con = _edge_contrast(embedding["gradient"][r0:r1, c0:c1], mask)
-        stats = self.object_stats(embedding, full)
+        full, info = classic_track.propagate_step(self.params, embedding, P, st)
+        if full is None:
+            return ended(info.pop("ended"), **info)
+        stats = self.object_stats(embedding, full, prev=dict(st, _change=info.get("change", 0.0)))
+        (r0, r1, c0, c1), m = crop_box(full, 2)
+        e_con = edge_contrast(embedding["gradient"][r0:r1, c0:c1], m)
         score = (stats["sep"] if stats else 0.0) * e_con
-        return Prediction(mask=full, score=float(np.clip(score, 0, 1)), low_res_logits=_signed_distance(full),
-                          extra=dict(stats=stats, ended=None, **info))
-
-    # ------------------------------------------------------------------
+        return Prediction(mask=full, score=float(np.clip(score, 0, 1)), low_res_logits=signed_distance(full),
+                          extra=dict(info, stats=stats, ended=None))
     def _segment_box(self, feat, grad, box, pos, neg, prior):
         H, W = feat.shape[:2]
         x0, y0, x1, y1 = box
@@ -550,12 +454,12 @@ class ClassicModel(SegmentationModel):
             fg = seeds & inbox if (seeds & inbox).any() else fg
         if not bg.any():  # box covers the whole image: use its border band
             bg = inbox & ~ndi.binary_erosion(inbox, iterations=2, border_value=0)
-        g = _project(f, fg, bg)
+        g = project(f, fg, bg)
 
         mask = None
         sep = 0.0
         for it in range(self.iterations + 1):
-            t, sign, sep = _best_threshold(g[fg], g[bg])
+            t, sign, sep = best_threshold(g[fg], g[bg])
             obj = (sign * (g - t) > 0) & inbox
             mask = self._shape_box(obj, inbox, lpos, lneg, pr, g, sign)
             for _ in range(self.refine_steps):
@@ -572,7 +476,7 @@ class ClassicModel(SegmentationModel):
                     fg = fg | (seeds & inbox)
         full = np.zeros((H, W), bool)
         full[r0:r1, c0:c1] = mask
-        return full, sep * _edge_contrast(grad[r0:r1, c0:c1], mask)
+        return full, sep * edge_contrast(grad[r0:r1, c0:c1], mask)
 
     def _trim_far_side(self, g, sign, t, mask, inbox, lpos, lneg, prior):
         """Drop parts far *beyond* the object's own intensity (bone next to a
@@ -580,7 +484,7 @@ class ClassicModel(SegmentationModel):
         """
         if self.trim <= 0 or not mask.any():
             return mask
-        core = ndi.binary_erosion(mask, _disk(2))
+        core = ndi.binary_erosion(mask, disk(2))
         if core.sum() < 20:
             return mask
         v = sign * g[core]
@@ -604,13 +508,13 @@ class ClassicModel(SegmentationModel):
             return mask
         side = min(inbox.any(1).sum(), inbox.any(0).sum())
         r = int(np.clip(round(self.grow * side), 2, 6))
-        near = ndi.binary_dilation(mask, _disk(r)) & ~mask
+        near = ndi.binary_dilation(mask, disk(r)) & ~mask
         # background level from beyond the partial-volume rim
-        far = ndi.binary_dilation(mask, _disk(2 * r + 2)) & ~ndi.binary_dilation(mask, _disk(r))
+        far = ndi.binary_dilation(mask, disk(2 * r + 2)) & ~ndi.binary_dilation(mask, disk(r))
         far = far if far.any() else near
         if not near.any() or not far.any():
             return mask
-        inner = ndi.binary_erosion(mask, _disk(2))
+        inner = ndi.binary_erosion(mask, disk(2))
         inner = inner if inner.any() else mask
         g_far = float(np.median(g[far]))
         t_mid = g_far + self.edge_level * (float(np.median(g[inner])) - g_far)
@@ -624,7 +528,7 @@ class ClassicModel(SegmentationModel):
         grown = np.isin(lab, ids[ids > 0]) & (cand | mask)
         if self.shrink > 0:
             # and back in where the first threshold overshot into the background
-            rim = mask & ~ndi.binary_erosion(mask, _disk(self.shrink))
+            rim = mask & ~ndi.binary_erosion(mask, disk(self.shrink))
             grown &= ~(rim & (sign * (g - t_mid) <= 0))
         return ndi.binary_fill_holes(grown)
 
@@ -633,7 +537,7 @@ class ClassicModel(SegmentationModel):
         bw = inbox.any(0).sum()
         side = min(bh, bw)
         r_open = int(np.clip(round(0.02 * side), 1, 4))
-        o = ndi.binary_opening(obj, _disk(r_open))
+        o = ndi.binary_opening(obj, disk(r_open))
         o = o if o.any() else obj
         lab, n = ndi.label(o)
         if n == 0:
@@ -660,15 +564,15 @@ class ClassicModel(SegmentationModel):
             keep.update(int(i) + 1 for i in np.nonzero(areas >= self.keep_fraction * areas[main])[0])
         mask = np.isin(lab, list(keep))
         # reconstruct what the opening shaved off the kept part (edges, not bridges)
-        mask = obj & ndi.binary_dilation(mask, _disk(r_open))
+        mask = obj & ndi.binary_dilation(mask, disk(r_open))
         r_close = int(np.clip(round(self.close_fraction * side), 0, 8))
         if r_close:
             # close sulci / spiculation gaps; pad so the box edge does not erode it
             pad = r_close + 1
             mp = np.pad(mask, pad)
-            mask = ndi.binary_closing(mp, _disk(r_close))[pad:-pad, pad:-pad]
+            mask = ndi.binary_closing(mp, disk(r_close))[pad:-pad, pad:-pad]
         mask = ndi.binary_fill_holes(mask)
-        mask = _cut_negatives(mask, lpos, lneg, None if g is None else sign * g)
+        mask = cut_negatives(mask, lpos, lneg, None if g is None else sign * g)
         return mask & inbox
 
     # ------------------------------------------------------------------
@@ -679,8 +583,8 @@ class ClassicModel(SegmentationModel):
         level a low percentile of a window around it; the window grows until
         the clicked component no longer runs into its edge.  Touching
         neighbours (nuclei in a clump) are cut off where rays from the click
-        climb into them (:func:`_ray_cut`) and along the necks of the
-        watershed split (:func:`_split_touching`).
+        climb into them (:func:`ray_cut`) and along the necks of the
+        watershed split (:func:`split_touching`).
         """
         H, W = feat.shape[:2]
         x, y = p
@@ -691,7 +595,7 @@ class ClassicModel(SegmentationModel):
             ly, lx = y - r0, x - c0
             seed = np.zeros(f.shape[:2], bool)
             seed[max(ly - 2, 0):ly + 3, max(lx - 2, 0):lx + 3] = True
-            g = _project(f, seed, ~seed)
+            g = project(f, seed, ~seed)
             obj_level = float(np.median(g[seed]))
             lo, hi = np.percentile(g, [self.click_background, 100 - self.click_background])
             # polarity: the click is on the brighter or the darker side
@@ -711,15 +615,15 @@ class ClassicModel(SegmentationModel):
         comp = ndi.binary_fill_holes(comp)
         contrast = obj_level - bg_level
         gn = (g - bg_level) / contrast if abs(contrast) > 1e-9 else np.zeros_like(g)
-        comp = _ray_cut(comp, (ly, lx), gn, self.ray_rise)
-        comp = _split_touching(comp, (ly, lx), gn, self.split_h, self.split_sigma, self.split_dist)
+        comp = ray_cut(comp, (ly, lx), gn, self.ray_rise)
+        comp = split_touching(comp, (ly, lx), gn, self.split_h, self.split_sigma, self.split_dist)
         lneg = [(yy - r0, xx - c0) for xx, yy in neg if r0 <= yy < r1 and c0 <= xx < c1]
         lpos = [(yy - r0, xx - c0) for xx, yy in pos if r0 <= yy < r1 and c0 <= xx < c1]
-        comp = _cut_negatives(comp, lpos or [(ly, lx)], lneg, sign * g)
+        comp = cut_negatives(comp, lpos or [(ly, lx)], lneg, sign * g)
         full = np.zeros((H, W), bool)
         full[r0:r1, c0:c1] = comp
-        sep = _best_threshold(g[comp], g[~comp])[2] if comp.any() and (~comp).any() else 0.0
-        return full, sep * _edge_contrast(grad[r0:r1, c0:c1], comp)
+        sep = best_threshold(g[comp], g[~comp])[2] if comp.any() and (~comp).any() else 0.0
+        return full, sep * edge_contrast(grad[r0:r1, c0:c1], comp)
 
 
 # ----------------------------------------------------------------------
@@ -767,229 +671,3 @@ def _check_mask_input(mask_input, H: int, W: int) -> np.ndarray:
     return m > 0
 
 
-def _project(f: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """One feature: the channel itself, or Fisher's discriminant for colour."""
-    if f.shape[-1] == 1 or not fg.any() or not bg.any():
-        return f[..., 0]
-    a, b = f[fg].astype(np.float64), f[bg].astype(np.float64)
-    cov = np.cov(a.T) * len(a) + np.cov(b.T) * len(b) if len(a) > 1 and len(b) > 1 else np.eye(f.shape[-1])
-    cov = cov / max(len(a) + len(b), 1) + 1e-4 * np.eye(f.shape[-1])
-    w = np.linalg.solve(cov, a.mean(0) - b.mean(0))
-    if not np.all(np.isfinite(w)) or not np.any(w):
-        return f[..., 0]
-    g = f @ w.astype(np.float32)
-    lo, hi = float(g.min()), float(g.max())
-    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
-
-
-def _best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float = 0.01):
-    """Threshold and polarity that best separate samples ``a`` (object) and ``b``.
-
-    Returns ``(t, sign, youden)``: the object is ``sign * (x - t) > 0`` and
-    ``youden`` = TPR - FPR in [0, 1] measures how separable they are.
-    """
-    if a.size == 0 or b.size == 0:
-        return (float(np.median(a)) if a.size else 0.5), 1.0, 0.0
-    lo = float(min(a.min(), b.min()))
-    hi = float(max(a.max(), b.max()))
-    if hi <= lo:
-        return lo, 1.0, 0.0
-    edges = np.linspace(lo, hi, bins + 1)
-    ha = np.histogram(a, edges)[0].astype(np.float64)
-    hb = np.histogram(b, edges)[0].astype(np.float64)
-    # fraction above each edge (object brighter) / below (object darker)
-    ca = 1.0 - np.concatenate([[0], np.cumsum(ha)]) / ha.sum()
-    cb = 1.0 - np.concatenate([[0], np.cumsum(hb)]) / hb.sum()
-    j_up = ca - cb
-    j_dn = -j_up
-    j, sign = (j_up, 1.0) if j_up.max() >= j_dn.max() else (j_dn, -1.0)
-    # middle of the near-optimal plateau: a clean gap between the classes
-    # (tumour vs air) is cut half-way, through the partial-volume rim
-    best = float(j.max())
-    near = np.nonzero(j >= best - plateau)[0]
-    i = int(near[len(near) // 2]) if near[-1] - near[0] < len(near) + 2 else int(np.argmax(j))
-    return float(edges[i]), sign, best
-
-
-def _edge_contrast(grad: np.ndarray, mask: np.ndarray) -> float:
-    """Mean gradient on the boundary relative to the ROI's, squashed to [0, 1]."""
-    if not mask.any() or mask.all():
-        return 0.0
-    edge = mask ^ ndi.binary_erosion(mask)
-    ratio = float(grad[edge].mean()) / (float(grad.mean()) + 1e-9)
-    return float(np.clip(ratio / 2.0, 0.0, 1.0))
-
-
-def _cut_negatives(mask: np.ndarray, lpos, lneg, g: Optional[np.ndarray] = None) -> np.ndarray:
-    """Remove what negative clicks point at.
-
-    A watershed from the object seeds (positive clicks, or else the mask's
-    deepest point away from the negatives) and the negative clicks splits the
-    mask along the strongest edges of ``g`` between them or, on flat
-    intensity, about half-way; the negatives' share goes.
-    """
-    lneg = [(y, x) for y, x in lneg if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]]
-    if not lneg or not mask.any():
-        return mask
-    from skimage.segmentation import watershed
-
-    mask = mask.copy()
-    dist = ndi.distance_transform_edt(mask)
-    markers = np.zeros(mask.shape, np.int32)
-    pos_in = [(y, x) for y, x in lpos if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x]]
-    if not pos_in:
-        # object seed = the deepest mask point far from the negatives
-        yy, xx = np.indices(mask.shape)
-        d2 = dist.copy()
-        for y, x in lneg:
-            d2 = np.minimum(d2, np.hypot(yy - y, xx - x) / 2.0)
-        pos_in = [tuple(int(v) for v in np.unravel_index(int(np.argmax(d2)), mask.shape))]
-    for y, x in pos_in:
-        markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 1
-    for y, x in lneg:
-        if mask[y, x]:
-            markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 2
-    if (markers == 2).any():
-        # edges (gradient) between the seeds win; on flat ground the flood
-        # meets half-way.  Not raw intensity: a brighter neighbour would flood
-        # a dimmer object before the object's own seed starts to grow.
-        land = -0.25 * dist / max(float(dist.max()), 1.0)
-        if g is not None:
-            grad = ndi.gaussian_gradient_magnitude(g.astype(np.float64), 1.0)
-            land = land + grad / max(float(grad[mask].max()), 1e-9)
-        ws = watershed(land, markers * mask, mask=mask)
-        mask = ws == 1
-    for y, x in lneg:  # always clear the immediate neighbourhood of the click
-        mask[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = False
-    lab, n = ndi.label(mask)
-    if n > 1:  # keep what is still connected to the object seeds
-        ids = {int(lab[y, x]) for y, x in pos_in if lab[y, x]}
-        mask = np.isin(lab, list(ids)) if ids else mask
-    return mask
-
-
-def _split_touching(comp: np.ndarray, seed, g: np.ndarray, h: float = 0.1, sigma: float = 3.0,
-                    dist_weight: float = 0.5) -> np.ndarray:
-    """Split touching blobs (nuclei in a clump) and keep the one under ``seed``.
-
-    ``g`` is the intensity scaled so that background is 0 and the clicked
-    object 1.  Blurred at about a third of a nucleus radius, each nucleus is
-    one bump (bright middle, darker necks to its neighbours); adding
-    ``dist_weight`` times the relative distance to the clump edge favours
-    convex blobs.  The h-maxima of that landscape (height ``h``) mark one
-    blob each, parts far brighter than the clicked object one more, and a
-    watershed from these markers splits the clump.
-    """
-    if not comp.any() or h <= 0:
-        return comp
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
-    gc = np.clip(g, -1, 4).astype(np.float64)
-    dist = ndi.distance_transform_edt(comp)
-    land = ndi.gaussian_filter(np.where(comp, gc, 0.0), sigma)
-    land = land + dist_weight * ndi.gaussian_filter(dist, 1.0) / max(float(dist.max()), 1.0)
-    land = np.where(comp, land, land[comp].min())
-    markers, n = ndi.label(h_maxima(land, h) & comp)
-    # a much brighter neighbour is a nucleus of its own, whatever its shape
-    lb, nb = ndi.label((ndi.gaussian_filter(gc, 1.0) > 1.8) & comp)
-    if nb:
-        markers = np.where((lb > 0) & (markers == 0), lb + n, markers)
-        n += nb
-    if n < 2:
-        return comp
-    ws = watershed(-land, markers, mask=comp)
-    return ws == ws[seed] if ws[seed] else comp
-
-
-def _ray_cut(comp: np.ndarray, seed, g: np.ndarray, rise: float = 0.15, n_rays: int = 72) -> np.ndarray:
-    """Cut ``comp`` where rays from ``seed`` climb into a neighbour.
-
-    Along each ray the (smoothed, 0 = background, 1 = clicked object)
-    intensity falls from the clicked object's middle towards its edge; if it
-    rises again by ``rise`` before leaving ``comp``, the ray has crossed a
-    neck into a touching neighbour and the object ends at the lowest point
-    before the rise.  The radii are median-filtered over angle (nuclei are
-    star-shaped around a click near their middle) and the star polygon
-    clips ``comp``.
-    """
-    if not comp.any() or rise <= 0:
-        return comp
-    from skimage.draw import polygon
-
-    gs = ndi.gaussian_filter(np.clip(g, -1, 4).astype(np.float64), 1.0)
-    sy, sx = seed
-    rmax = float(np.hypot(*comp.shape))
-    step = 0.5
-    rs = np.arange(0.0, rmax, step)
-    ang = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
-    yy = sy + np.outer(np.sin(ang), rs)
-    xx = sx + np.outer(np.cos(ang), rs)
-    inside = ndi.map_coordinates(comp.astype(np.float32), [yy, xx], order=0, cval=0.0) > 0.5
-    prof = ndi.map_coordinates(gs, [yy, xx], order=1, cval=0.0)
-    radii = np.empty(n_rays)
-    for k in range(n_rays):
-        out = np.nonzero(~inside[k])[0]
-        end = int(out[0]) if out.size else len(rs)
-        p = prof[k, :end]
-        r_end = end
-        if p.size > 2:
-            run_min = np.minimum.accumulate(p)
-            climbed = np.nonzero(p - run_min >= rise)[0]
-            if climbed.size:
-                j = int(climbed[0])
-                r_end = int(np.argmin(p[:j + 1]))
-        radii[k] = max(r_end * step, 1.0)
-    # angular median: one stray ray must not carve a notch or a spike
-    radii = ndi.median_filter(radii, size=5, mode="wrap")
-    py = sy + radii * np.sin(ang)
-    px = sx + radii * np.cos(ang)
-    star = np.zeros(comp.shape, bool)
-    rr, cc = polygon(py, px, comp.shape)
-    star[rr, cc] = True
-    cut = comp & star
-    lab, _ = ndi.label(cut)
-    if not lab[sy, sx]:
-        return comp
-    return ndi.binary_fill_holes(lab == lab[sy, sx])
-
-
-def _crop(mask: np.ndarray, pad: int):
-    """``(r0, r1, c0, c1)`` of ``mask``'s bounding box grown by ``pad``, and the cropped mask."""
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
-    H, W = mask.shape
-    r0, r1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, H)
-    c0, c1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, W)
-    return (r0, r1, c0, c1), mask[r0:r1, c0:c1]
-
-
-def _project_with(f: np.ndarray, w, lo, hi) -> np.ndarray:
-    """The feature seen through a stored projection (grey: the channel itself)."""
-    if w is None:
-        return f[..., 0]
-    g = f @ np.asarray(w, np.float32)
-    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
-
-
-def _keep_overlapping(o: np.ndarray, prior: np.ndarray, fraction: float) -> np.ndarray:
-    """Components of ``o`` that overlap ``prior`` (those overlapping it at
-    least ``fraction`` as much as the best one)."""
-    lab, n = ndi.label(o)
-    if n == 0:
-        return o
-    ov = np.bincount(lab[prior], minlength=n + 1)[1:]
-    if ov.max() == 0:
-        return np.zeros_like(o)
-    keep = np.flatnonzero(ov >= max(fraction * ov.max(), 1)) + 1
-    return np.isin(lab, keep)
-
-
-def _signed_distance(mask: np.ndarray) -> np.ndarray:
-    """Signed distance (pixels, + inside), clipped: the mask_input format."""
-    if not mask.any():
-        return np.full(mask.shape, -SDF_CLIP, np.float32)
-    if mask.all():
-        return np.full(mask.shape, SDF_CLIP, np.float32)
-    d = ndi.distance_transform_edt(mask) - ndi.distance_transform_edt(~mask)
-    return np.clip(d, -SDF_CLIP, SDF_CLIP).astype(np.float32)

@@ -555,6 +555,8 @@ class _Engine:
             flags.add("low_iou")
         if ratio is not None and max(ratio, 1.0 / ratio) > s.flag_area_factor:
             flags.add("big_jump")
+        # the model's own doubts about this slice (classic "track": leak cut, weak evidence...)
+        flags |= set((pred.extra or {}).get("flags") or ())
         written = self.write(z, mask)
         self.visited.add(z)
         self.records[z] = SliceRecord(z, score, i, int(written.sum()), ratio, "propagated", flags, spec.start, mean)

@@ -1,0 +1,290 @@
+"""Image operations of the classic engine: plain functions on NumPy arrays.
+
+Shared by the 2D recipe (:mod:`napari_samlab.models.classic`) and the
+propagation step (:mod:`napari_samlab.models.classic_track`): the
+discriminant projection for colour, the Youden threshold, boundary
+contrast, the cuts for negative clicks and touching blobs, and the
+signed-distance format of ``Prediction.low_res_logits``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["SDF_CLIP", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "cut_negatives", "split_touching",
+           "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance"]
+
+SDF_CLIP = 32.0
+
+
+def disk(r: int) -> np.ndarray:
+    """A filled disk of radius ``r`` (slightly fuller than ``r**2``: rounder small disks)."""
+    r = int(max(r, 0))
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r + r
+
+
+def dist_outside(mask: np.ndarray) -> np.ndarray:
+    """Distance (pixels) of every pixel to the nearest ``mask`` pixel (0 inside)."""
+    return ndi.distance_transform_edt(~mask) if mask.any() else np.full(mask.shape, np.inf)
+
+
+def dist_inside(mask: np.ndarray) -> np.ndarray:
+    """Distance of every ``mask`` pixel to the nearest background pixel (0 outside)."""
+    return ndi.distance_transform_edt(mask)
+
+
+def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Dilation by ``disk(r)``, exactly, from the distance map (one pass,
+    whatever the radius: large disks cost as little as small ones).
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9), bool); m[4, 4] = True
+    >>> bool(np.array_equal(grow(m, 3), ndi.binary_dilation(m, disk(3))))
+    True
+    """
+    d = dist_outside(mask) if d_out is None else d_out
+    return d * d <= r * r + r
+
+
+def shrink(mask: np.ndarray, r: int, d_in: Optional[np.ndarray] = None) -> np.ndarray:
+    """Erosion by ``disk(r)`` (the image border does not erode)."""
+    d = dist_inside(mask) if d_in is None else d_in
+    return mask & (d * d > r * r + r)
+
+
+def project(f: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """One feature: the channel itself, or Fisher's discriminant for colour."""
+    if f.shape[-1] == 1 or not fg.any() or not bg.any():
+        return f[..., 0]
+    a, b = f[fg].astype(np.float64), f[bg].astype(np.float64)
+    cov = np.cov(a.T) * len(a) + np.cov(b.T) * len(b) if len(a) > 1 and len(b) > 1 else np.eye(f.shape[-1])
+    cov = cov / max(len(a) + len(b), 1) + 1e-4 * np.eye(f.shape[-1])
+    w = np.linalg.solve(cov, a.mean(0) - b.mean(0))
+    if not np.all(np.isfinite(w)) or not np.any(w):
+        return f[..., 0]
+    g = f @ w.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+
+
+def best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float = 0.01):
+    """Threshold and polarity that best separate samples ``a`` (object) and ``b``.
+
+    Returns ``(t, sign, youden)``: the object is ``sign * (x - t) > 0`` and
+    ``youden`` = TPR - FPR in [0, 1] measures how separable they are.
+    """
+    if a.size == 0 or b.size == 0:
+        return (float(np.median(a)) if a.size else 0.5), 1.0, 0.0
+    lo = float(min(a.min(), b.min()))
+    hi = float(max(a.max(), b.max()))
+    if hi <= lo:
+        return lo, 1.0, 0.0
+    edges = np.linspace(lo, hi, bins + 1)
+    ha = np.histogram(a, edges)[0].astype(np.float64)
+    hb = np.histogram(b, edges)[0].astype(np.float64)
+    # fraction above each edge (object brighter) / below (object darker)
+    ca = 1.0 - np.concatenate([[0], np.cumsum(ha)]) / ha.sum()
+    cb = 1.0 - np.concatenate([[0], np.cumsum(hb)]) / hb.sum()
+    j_up = ca - cb
+    j_dn = -j_up
+    j, sign = (j_up, 1.0) if j_up.max() >= j_dn.max() else (j_dn, -1.0)
+    # middle of the near-optimal plateau: a clean gap between the classes
+    # (tumour vs air) is cut half-way, through the partial-volume rim
+    best = float(j.max())
+    near = np.nonzero(j >= best - plateau)[0]
+    i = int(near[len(near) // 2]) if near[-1] - near[0] < len(near) + 2 else int(np.argmax(j))
+    return float(edges[i]), sign, best
+
+
+def edge_contrast(grad: np.ndarray, mask: np.ndarray) -> float:
+    """Mean gradient on the boundary relative to the ROI's, squashed to [0, 1]."""
+    if not mask.any() or mask.all():
+        return 0.0
+    edge = mask ^ ndi.binary_erosion(mask)
+    ratio = float(grad[edge].mean()) / (float(grad.mean()) + 1e-9)
+    return float(np.clip(ratio / 2.0, 0.0, 1.0))
+
+
+def cut_negatives(mask: np.ndarray, lpos, lneg, g: Optional[np.ndarray] = None) -> np.ndarray:
+    """Remove what negative clicks point at.
+
+    A watershed from the object seeds (positive clicks, or else the mask's
+    deepest point away from the negatives) and the negative clicks splits the
+    mask along the strongest edges of ``g`` between them or, on flat
+    intensity, about half-way; the negatives' share goes.
+    """
+    lneg = [(y, x) for y, x in lneg if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]]
+    if not lneg or not mask.any():
+        return mask
+    from skimage.segmentation import watershed
+
+    mask = mask.copy()
+    dist = ndi.distance_transform_edt(mask)
+    markers = np.zeros(mask.shape, np.int32)
+    pos_in = [(y, x) for y, x in lpos if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x]]
+    if not pos_in:
+        # object seed = the deepest mask point far from the negatives
+        yy, xx = np.indices(mask.shape)
+        d2 = dist.copy()
+        for y, x in lneg:
+            d2 = np.minimum(d2, np.hypot(yy - y, xx - x) / 2.0)
+        pos_in = [tuple(int(v) for v in np.unravel_index(int(np.argmax(d2)), mask.shape))]
+    for y, x in pos_in:
+        markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 1
+    for y, x in lneg:
+        if mask[y, x]:
+            markers[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = 2
+    if (markers == 2).any():
+        # edges (gradient) between the seeds win; on flat ground the flood
+        # meets half-way.  Not raw intensity: a brighter neighbour would flood
+        # a dimmer object before the object's own seed starts to grow.
+        land = -0.25 * dist / max(float(dist.max()), 1.0)
+        if g is not None:
+            grad = ndi.gaussian_gradient_magnitude(g.astype(np.float64), 1.0)
+            land = land + grad / max(float(grad[mask].max()), 1e-9)
+        ws = watershed(land, markers * mask, mask=mask)
+        mask = ws == 1
+    for y, x in lneg:  # always clear the immediate neighbourhood of the click
+        mask[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = False
+    lab, n = ndi.label(mask)
+    if n > 1:  # keep what is still connected to the object seeds
+        ids = {int(lab[y, x]) for y, x in pos_in if lab[y, x]}
+        mask = np.isin(lab, list(ids)) if ids else mask
+    return mask
+
+
+def split_touching(comp: np.ndarray, seed, g: np.ndarray, h: float = 0.1, sigma: float = 3.0,
+                    dist_weight: float = 0.5) -> np.ndarray:
+    """Split touching blobs (nuclei in a clump) and keep the one under ``seed``.
+
+    ``g`` is the intensity scaled so that background is 0 and the clicked
+    object 1.  Blurred at about a third of a nucleus radius, each nucleus is
+    one bump (bright middle, darker necks to its neighbours); adding
+    ``dist_weight`` times the relative distance to the clump edge favours
+    convex blobs.  The h-maxima of that landscape (height ``h``) mark one
+    blob each, parts far brighter than the clicked object one more, and a
+    watershed from these markers splits the clump.
+    """
+    if not comp.any() or h <= 0:
+        return comp
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    gc = np.clip(g, -1, 4).astype(np.float64)
+    dist = ndi.distance_transform_edt(comp)
+    land = ndi.gaussian_filter(np.where(comp, gc, 0.0), sigma)
+    land = land + dist_weight * ndi.gaussian_filter(dist, 1.0) / max(float(dist.max()), 1.0)
+    land = np.where(comp, land, land[comp].min())
+    markers, n = ndi.label(h_maxima(land, h) & comp)
+    # a much brighter neighbour is a nucleus of its own, whatever its shape
+    lb, nb = ndi.label((ndi.gaussian_filter(gc, 1.0) > 1.8) & comp)
+    if nb:
+        markers = np.where((lb > 0) & (markers == 0), lb + n, markers)
+        n += nb
+    if n < 2:
+        return comp
+    ws = watershed(-land, markers, mask=comp)
+    return ws == ws[seed] if ws[seed] else comp
+
+
+def ray_cut(comp: np.ndarray, seed, g: np.ndarray, rise: float = 0.15, n_rays: int = 72) -> np.ndarray:
+    """Cut ``comp`` where rays from ``seed`` climb into a neighbour.
+
+    Along each ray the (smoothed, 0 = background, 1 = clicked object)
+    intensity falls from the clicked object's middle towards its edge; if it
+    rises again by ``rise`` before leaving ``comp``, the ray has crossed a
+    neck into a touching neighbour and the object ends at the lowest point
+    before the rise.  The radii are median-filtered over angle (nuclei are
+    star-shaped around a click near their middle) and the star polygon
+    clips ``comp``.
+    """
+    if not comp.any() or rise <= 0:
+        return comp
+    from skimage.draw import polygon
+
+    gs = ndi.gaussian_filter(np.clip(g, -1, 4).astype(np.float64), 1.0)
+    sy, sx = seed
+    rmax = float(np.hypot(*comp.shape))
+    step = 0.5
+    rs = np.arange(0.0, rmax, step)
+    ang = np.linspace(0, 2 * np.pi, n_rays, endpoint=False)
+    yy = sy + np.outer(np.sin(ang), rs)
+    xx = sx + np.outer(np.cos(ang), rs)
+    inside = ndi.map_coordinates(comp.astype(np.float32), [yy, xx], order=0, cval=0.0) > 0.5
+    prof = ndi.map_coordinates(gs, [yy, xx], order=1, cval=0.0)
+    radii = np.empty(n_rays)
+    for k in range(n_rays):
+        out = np.nonzero(~inside[k])[0]
+        end = int(out[0]) if out.size else len(rs)
+        p = prof[k, :end]
+        r_end = end
+        if p.size > 2:
+            run_min = np.minimum.accumulate(p)
+            climbed = np.nonzero(p - run_min >= rise)[0]
+            if climbed.size:
+                j = int(climbed[0])
+                r_end = int(np.argmin(p[:j + 1]))
+        radii[k] = max(r_end * step, 1.0)
+    # angular median: one stray ray must not carve a notch or a spike
+    radii = ndi.median_filter(radii, size=5, mode="wrap")
+    py = sy + radii * np.sin(ang)
+    px = sx + radii * np.cos(ang)
+    star = np.zeros(comp.shape, bool)
+    rr, cc = polygon(py, px, comp.shape)
+    star[rr, cc] = True
+    cut = comp & star
+    lab, _ = ndi.label(cut)
+    if not lab[sy, sx]:
+        return comp
+    return ndi.binary_fill_holes(lab == lab[sy, sx])
+
+
+def crop_box(mask: np.ndarray, pad: int):
+    """``(r0, r1, c0, c1)`` of ``mask``'s bounding box grown by ``pad``, and the cropped mask."""
+    rows = np.flatnonzero(mask.any(1))
+    cols = np.flatnonzero(mask.any(0))
+    H, W = mask.shape
+    r0, r1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, H)
+    c0, c1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, W)
+    return (r0, r1, c0, c1), mask[r0:r1, c0:c1]
+
+
+def project_with(f: np.ndarray, w, lo, hi) -> np.ndarray:
+    """The feature seen through a stored projection (grey: the channel itself)."""
+    if w is None:
+        return f[..., 0]
+    g = f @ np.asarray(w, np.float32)
+    return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+
+
+def keep_overlapping(o: np.ndarray, prior: np.ndarray, fraction: float) -> np.ndarray:
+    """Components of ``o`` that overlap ``prior`` (those overlapping it at
+    least ``fraction`` as much as the best one)."""
+    lab, n = ndi.label(o)
+    if n == 0:
+        return o
+    ov = np.bincount(lab[prior], minlength=n + 1)[1:]
+    if ov.max() == 0:
+        return np.zeros_like(o)
+    keep = np.flatnonzero(ov >= max(fraction * ov.max(), 1)) + 1
+    return np.isin(lab, keep)
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance (pixels, + inside), clipped: the mask_input format."""
+    if not mask.any():
+        return np.full(mask.shape, -SDF_CLIP, np.float32)
+    if mask.all():
+        return np.full(mask.shape, SDF_CLIP, np.float32)
+    # beyond SDF_CLIP + 1 pixels of the mask everything is -SDF_CLIP: the
+    # distance transforms run on the mask's bounding box plus that margin only
+    (r0, r1, c0, c1), m = crop_box(mask, int(SDF_CLIP) + 2)
+    out = np.full(mask.shape, -SDF_CLIP, np.float32)
+    d = ndi.distance_transform_edt(m) - ndi.distance_transform_edt(~m)
+    out[r0:r1, c0:c1] = np.clip(d, -SDF_CLIP, SDF_CLIP)
+    return out
+

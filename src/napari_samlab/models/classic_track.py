@@ -1,0 +1,266 @@
+"""The classic engine's propagation step: one object followed slice by slice.
+
+A 2D box prompt always finds *something*, so box+mask propagation never
+stops once the object has ended.  This step instead follows the object with
+two models that it learns from the object itself:
+
+* **Appearance.**  Histograms of the object's interior and of a ring of
+  local background around it (64 bins of the feature; colour is projected
+  onto the object/background discriminant first) give a log-likelihood
+  ratio ``L`` per pixel.  Learned on the prompted slice, updated on every
+  kept slice as half the prompted slice's model and half the last slice's,
+  so a bias field or a changing neighbourhood is followed without drifting
+  away from what the user pointed at.  Histograms need no polarity: bright
+  and dark objects, CT and MRI, inverted contrast are one case.
+* **Shape and position.**  The previous slice's mask, as a saturating
+  signed-distance prior ``prior_weight * tanh(sdf / tau)``: pixels where the
+  intensity is ambiguous follow the previous outline; strong intensity
+  evidence overrules it.  ``tau`` and the reach (how far the object may
+  move) are fractions of the object's radius, and they loosen with the
+  *observed* slice-to-slice change of the object (1 - IoU of the last two
+  masks, and how far the image itself changed around the object): on
+  6.5 mm slices an object changes much more than on 1 mm slices, whatever
+  the header says.
+
+A new slice's mask is ``L + prior > 0``, smoothed, opened (cuts bridges),
+kept where it overlaps the previous mask, closed and hole-filled; parts
+that run on to the reach limit are leaks and are cut.
+
+**Stopping on evidence.**  The step returns an empty mask (score 0,
+``extra["ended"]`` says why) when the object has ended:
+
+* *evidence collapsed*: the mean likelihood ratio inside the new mask fell
+  below ``track_evidence`` x the object's own (measured on the prompted
+  slice with the same model): what is there looks like the surrounding
+  tissue, not like the object;
+* *vanished*: less than ``track_min_fraction`` of the previous area is left;
+* *no edge of its own*: more than ``track_open`` of a band just outside the
+  new mask is object-like (and clearly more than around the object on the
+  prompted slice): it has become part of a larger structure.
+
+**Unsure slices** are kept but flagged (``extra["flags"]``, which
+propagation copies to the slice's record): ``"track_jump"`` (area changed
+by more than ``track_flag_area`` x), ``"track_overlap"`` (IoU with the
+previous mask below 0.5), ``"track_weak"`` (evidence below twice the stop
+level), ``"track_leak"`` (a leak was cut).
+
+How every parameter was chosen is in ``docs/classic_engine.md`` (measured
+with ``benchmarks/eval_propagation.py --suite`` on real, perturbed and
+synthetic cases).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, grow, keep_overlapping, project_with,
+                          shrink)
+
+BINS = 64
+L_CLIP = 4.0  # |log-likelihood ratio| cap: one odd bin must not decide alone
+
+
+def _hist(v: np.ndarray) -> np.ndarray:
+    """Smoothed, normalised 64-bin histogram of values in [0, 1], with a
+    Gaussian tail (10 %, the sample's mean and spread): intensities seen in
+    neither sample (a partial-volume rim between the two) then get the
+    likelihood ratio of the nearer class instead of an arbitrary 0."""
+    v = np.asarray(v, np.float64)
+    h = np.bincount(np.clip((v * BINS).astype(np.int64), 0, BINS - 1), minlength=BINS).astype(np.float64)
+    h = ndi.gaussian_filter1d(h, 1.5, mode="nearest")
+    h /= h.sum()
+    centres = (np.arange(BINS) + 0.5) / BINS
+    sd = max(float(v.std()), 0.1)  # wide: orders values far from both samples
+    tail = np.exp(-0.5 * ((centres - float(v.mean())) / sd) ** 2)
+    h = 0.9 * h + 0.1 * tail / tail.sum() + 1e-6  # nothing is impossible
+    return h / h.sum()
+
+
+def log_ratio(g: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-pixel log p(g | object) / p(g | background), clipped to +-L_CLIP."""
+    idx = np.clip((g * BINS).astype(np.int64), 0, BINS - 1)
+    lr = np.clip(np.log(fg) - np.log(bg), -L_CLIP, L_CLIP)
+    return lr[idx].astype(np.float32)
+
+
+def _rings(m: np.ndarray, rad: float):
+    """The object's interior and a ring of local background around it."""
+    rb = int(np.clip(round(0.3 * rad), 3, 12))
+    d_out, d_in = dist_outside(m), dist_inside(m)
+    ring = grow(m, rb + 1, d_out) & ~grow(m, 1, d_out)
+    # the interior sample stays clear of the outline (partial-volume rim, a
+    # sliver of neighbour the mask took in): 1 px, up to 4 for large objects
+    inner = shrink(m, int(np.clip(round(0.05 * rad), 1, 4)), d_in)
+    if inner.sum() < 4:
+        inner = shrink(m, 1, d_in)
+    band = grow(m, 4, d_out) & ~grow(m, 1, d_out)
+    return (inner if inner.sum() >= 4 else m), ring, band
+
+
+def _threshold_stats(g, inner, ring):
+    """Youden threshold and polarity (kept for the 2D recipe and scores)."""
+    t, sign, sep = best_threshold(g[inner], g[ring])
+    v = sign * g[inner].astype(np.float64)
+    return dict(t=t, sign=sign, sep=sep, median=float(np.median(v)), upper=float(np.percentile(v, 95)),
+                ring=float(np.median(sign * g[ring])))
+
+
+def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None) -> Optional[dict]:
+    """What an object looks like on this slice (see the module docstring).
+
+    Parameters
+    ----------
+    embedding : dict
+        ``ClassicModel.encode`` of the slice that ``mask`` belongs to.
+    mask : ndarray of bool (H, W)
+    prev : dict, optional
+        The previous slice's stats: its appearance model is blended in and
+        the prompted slice's reference (``anchor``) carried on.
+
+    Returns
+    -------
+    dict or None
+        ``fg``/``bg`` (the histograms the next step uses), ``anchor`` (the
+        prompted slice's histograms and evidence), ``evidence`` (mean
+        likelihood ratio inside), ``open`` (object-like fraction of a band
+        outside), ``w``/``lo``/``hi`` (colour projection), Youden ``t``,
+        ``sign``, ``sep``, ``median``, ``upper``, ``ring``, and the area
+        history ``area``, ``prev_area``, ``change`` (1 - IoU of the last
+        two masks), ``steps``.  None for masks of fewer than 4 pixels.
+
+    Examples
+    --------
+    >>> from napari_samlab.models.classic import ClassicModel
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> m = (yy - 20) ** 2 + (xx - 20) ** 2 <= 64
+    >>> st = object_stats(ClassicModel().encode(np.where(m, 200, 30).astype(np.uint8)), m)
+    >>> st["evidence"] > 1.0, st["area"] == int(m.sum())
+    (True, True)
+    """
+    feat = embedding["feature"]
+    mask = np.asarray(mask, bool)
+    area = int(mask.sum())
+    if area < 4:
+        return None
+    rad = float(np.sqrt(area / np.pi))
+    (r0, r1, c0, c1), m = crop_box(mask, int(np.clip(round(0.3 * rad), 3, 12)) + 4)
+    f = feat[r0:r1, c0:c1]
+    inner, ring, band = _rings(m, rad)
+    if not ring.any():
+        ring = ~m if (~m).any() else m
+    w = lo = hi = None
+    if prev is not None and prev.get("w") is not None:
+        w, lo, hi = prev["w"], prev["lo"], prev["hi"]
+    elif f.shape[-1] > 1:
+        a, b = f[inner].astype(np.float64), f[ring].astype(np.float64)
+        cov = (np.cov(a.T) * len(a) + np.cov(b.T) * len(b)) / max(len(a) + len(b), 1) + 1e-4 * np.eye(f.shape[-1])
+        w = np.linalg.solve(cov, a.mean(0) - b.mean(0)).astype(np.float32)
+        full = feat @ w
+        lo, hi = float(full.min()), float(full.max())
+    g = project_with(f, w, lo, hi)
+    fg, bg = _hist(g[inner]), _hist(g[ring])
+    if prev is not None and prev.get("anchor") is not None:
+        anchor = prev["anchor"]
+        # half the prompted slice's model, half this slice's: follows slow
+        # change (bias field, new neighbours) without drifting off the object
+        fg = 0.5 * anchor["fg"] + 0.5 * fg
+        bg = 0.5 * anchor["bg"] + 0.5 * bg
+    L = log_ratio(g, fg, bg)
+    evidence = float(L[m].mean())
+    open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    st = _threshold_stats(g, inner, ring)
+    if prev is None or prev.get("anchor") is None:
+        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area)
+    change, prev_area, steps = 0.0, area, 0
+    if prev is not None:
+        prev_area, steps = int(prev.get("area", area)), int(prev.get("steps", 0)) + 1
+        change = float(prev.get("_change", 0.0))
+    return dict(w=w, lo=lo, hi=hi, fg=fg, bg=bg, anchor=anchor, evidence=evidence, open=open_frac,
+                area=area, prev_area=prev_area, change=change, steps=steps, **st)
+
+
+def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict):
+    """The object of the previous mask ``P`` on this slice (module docstring).
+
+    Returns ``(mask, info)``: ``mask`` bool (H, W), all False when the
+    object has ended; ``info`` has ``ended`` (None or why), ``flags``,
+    ``evidence``, ``open``, ``area``, ``change``.
+    """
+    H, W = P.shape
+    area0 = int(P.sum())
+    rad = float(np.sqrt(area0 / np.pi))
+    # how much the object changes between slices, as seen so far (the
+    # prompted slice has no history: the thin-slice default of 0.2)
+    change = float(st.get("change", 0.0)) if st.get("steps", 0) > 0 else params["track_change0"]
+    loose = 1.0 + 2.0 * float(np.clip(change, 0.0, 0.6))
+    tau = max(1.5, params["track_tau"] * rad * loose)
+    r_reach = max(4, int(round(params["track_reach"] * rad * loose)) + 2)
+    r_grow = max(2, int(round(0.5 * r_reach)))
+    (r0, r1, c0, c1), p = crop_box(P, r_reach + 6)
+    f = embedding["feature"][r0:r1, c0:c1]
+    g = project_with(f, st.get("w"), st.get("lo"), st.get("hi"))
+    L = log_ratio(g, st["fg"], st["bg"])
+    L = ndi.gaussian_filter(L, params["track_smooth"])
+    sdf = dist_inside(p) - dist_outside(p)
+    dist = np.maximum(-sdf, 0.0)
+    z_reach = dist <= r_reach
+    # inside, strong evidence may overrule the outline (the object shrinks
+    # or ends); outside, growth beyond ~tau needs more than any evidence can
+    # give (``track_prior_out`` > the likelihood cap): a touching neighbour of
+    # the same intensity is not followed faster than the object's own change
+    prior = np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], params["track_prior_out"])
+    post = L + prior
+    obj = (post > 0) & z_reach
+    side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
+    r_open = int(np.clip(round(0.03 * side), 1, 4))
+    o = grow(shrink(obj, r_open), r_open)
+    o = o if (o & p).any() else obj
+    mask = keep_overlapping(o, p, 0.15)
+    mask = obj & grow(mask, r_open)
+    flags = set()
+    # leaks: parts beyond the growth zone that run on to the reach limit
+    out = mask & (dist > r_grow)
+    if out.any():
+        lab, n = ndi.label(out)
+        at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
+        at_limit = at_limit[at_limit > 0]
+        if at_limit.size:
+            mask &= ~np.isin(lab, at_limit)
+            mask = keep_overlapping(mask, p, 0.15)
+            flags.add("track_leak")
+    r_close = int(np.clip(round(0.03 * side), 1, 8))
+    if mask.any():
+        pad = r_close + 1
+        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
+        mask = closed[pad:-pad, pad:-pad] & z_reach
+    mask = ndi.binary_fill_holes(mask)
+    area = int(mask.sum())
+    info = dict(area=area, flags=flags)
+    if area < max(4, params["track_min_fraction"] * area0):
+        return None, dict(info, ended="vanished")
+    anchor = st["anchor"]
+    evidence = float(L[mask].mean())
+    d_new = dist_outside(mask)
+    band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
+    open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    info.update(evidence=evidence, open=open_frac)
+    ref = max(anchor["evidence"], 0.25)
+    if evidence < params["track_evidence"] * ref:
+        return None, dict(info, ended="evidence collapsed")
+    if open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25:
+        return None, dict(info, ended="no edge of its own")
+    inter = int((mask & p).sum())
+    iou = inter / max(int((mask | p).sum()), 1)
+    info["change"] = 1.0 - iou
+    ratio = area / max(area0, 1)
+    if max(ratio, 1 / max(ratio, 1e-9)) > params["track_flag_area"]:
+        flags.add("track_jump")
+    if iou < 0.5:
+        flags.add("track_overlap")
+    if evidence < 2 * params["track_evidence"] * ref:
+        flags.add("track_weak")
+    full = np.zeros((H, W), bool)
+    full[r0:r1, c0:c1] = mask
+    return full, info
