@@ -23,7 +23,7 @@ Thin translation between napari and :mod:`napari_samlab.propagate`:
   propagation, the slices next in its schedule
   (:func:`~napari_samlab.propagate.next_slices_to_encode`).  Moving,
   prompting, propagating or closing cancels it mid-encode
-  (:func:`~napari_samlab.models.base.cancellable`), so the session lock is
+  (:func:`~napari_samlab.base.cancel.cancellable`), so the session lock is
   free for the user's action at once.  Cancel stops a running propagation
   the same way, not only between slices.
 
@@ -46,7 +46,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import Cancelled, SamlabError
-from ..models.base import cancellable
+from ..base.cancel import cancellable
 from ..propagate import (
     FLAGS, PropagationResult, PropagationSettings, interpolate_slices, next_slices_to_encode,
     propagate_volume, repropagate,

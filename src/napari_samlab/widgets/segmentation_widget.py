@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import SamlabError
 from ..models.base import Prompt
-from ..predict.windowing import PRESET_NAMES, resolve_window
+from ..base.windowing import PRESET_NAMES, resolve_window
 from ._common import Notifier, progress_and_cancel, wait_until
 from ._plane import (
     Plane, box_on_plane, current_plane, displayed_order_for, layer_array, spatial_shape, to_image_data,
@@ -463,7 +463,7 @@ class SegmentationWidget(QWidget):
 
     @property
     def window(self):
-        """The resolved :class:`~napari_samlab.predict.windowing.Window` (None = values as they are)."""
+        """The resolved :class:`~napari_samlab.base.windowing.Window` (None = values as they are)."""
         return self._resolved_window()
 
     def set_source(self, source: str) -> None:
