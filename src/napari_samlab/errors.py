@@ -29,7 +29,7 @@ from typing import Mapping, Optional
 NEUTRAL_NAMES = {
     "model": ("model '{}'", "a model family"),
     "checkpoint": ("checkpoint {}", "the checkpoint file"),
-    "base_checkpoint": ("base checkpoint {}", "the base checkpoint (the original SAM weights)"),
+    "base_checkpoint": ("base checkpoint {}", "the base_checkpoint argument"),
     "box": ("a box", "a box"),
     "point": ("a point", "a point inside the object"),
     "negative": ("a background point", "a background point"),
@@ -57,7 +57,7 @@ CLI_NAMES = {
 GUI_NAMES = {
     "model": ("'{}' in the Model list", "a model in the Model list"),
     "checkpoint": ("checkpoint {}", "a file in the Checkpoint field"),
-    "base_checkpoint": ("base checkpoint {}", "the original SAM weights in the Base checkpoint field"),
+    "base_checkpoint": ("base checkpoint {}", "the Base checkpoint field"),
     "box": ("a box (box tool)", "a box (box tool)"),
     "point": ("a click (point tool)", "a click inside the object (point tool)"),
     "negative": ("a background click (point tool)", "a background click (point tool)"),

@@ -270,8 +270,8 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     base = None
     if fam.needs_base_checkpoint:
         if base_checkpoint is None:
-            raise InputError(f"{name} is a {fam.pretty} checkpoint that builds on another file: pass "
-                             f"{fam.base_hint or 'the base checkpoint'} with {{base_checkpoint}}", field="base_checkpoint")
+            raise InputError(f"{name} is a {fam.pretty} checkpoint that needs {fam.base_hint or 'a base checkpoint'}: "
+                             "pass it with {base_checkpoint}", field="base_checkpoint")
         base = load_checkpoint_file(base_checkpoint)
     model = fam.build(state_dict, BuildContext(name, device, base, info, dict(options)))
     if not getattr(model, "source", ""):
