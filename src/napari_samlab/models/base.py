@@ -93,8 +93,9 @@ class SegmentationModel(abc.ABC):
         * ``"auto"``, ``"openvino"``, ``"onnxruntime"`` (and their ``-int8``
           forms): on the CPU, the encoder exported once per weights and input
           shape, cached on disk (models/accel.py); ``"auto"`` takes the
-          fastest export whose output matches PyTorch fp32 within rounding,
-          else torch.  Exports run on the CPU only: on a GPU these all mean
+          fastest export whose output, checked against PyTorch fp32 when it
+          is exported, is within a relative error of 1e-3 (about 1e-6
+          measured: benchmarks/bench_encoder_fidelity.py), else torch.  Exports run on the CPU only: on a GPU these all mean
           PyTorch fp32;
         * ``"torch-autocast"`` (approximate, opt-in): PyTorch under autocast,
           float16 on CUDA, bfloat16 on the CPU, float32 out.
