@@ -29,7 +29,7 @@ import numpy as np
 
 from napari_samlab.models.base import Prompt
 from napari_samlab.models.classic import ClassicModel
-from napari_samlab.predict.windowing import apply_window, resolve_window
+from napari_samlab.base.windowing import apply_window, resolve_window
 
 # ../shared/data beside the checkout (SAMLAB_SHARED_DATA overrides)
 DEFAULT_DATA = Path(os.environ.get("SAMLAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

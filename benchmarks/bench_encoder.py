@@ -477,7 +477,7 @@ class OracleAnsweredModel(SegmentationModel):
         return None  # see the class docstring: encode windows the slice itself
 
     def real_encode(self, image: np.ndarray) -> dict:
-        from napari_samlab.predict.windowing import apply_window
+        from napari_samlab.base.windowing import apply_window
 
         return self.inner.encode(apply_window(image, self.window))
 

@@ -321,7 +321,7 @@ def test_cancellable_is_per_thread_and_nests():
     import threading
 
     from napari_samlab.errors import Cancelled, SamlabError
-    from napari_samlab.models.base import cancellable, current_cancel_event, raise_if_cancelled
+    from napari_samlab.base.cancel import cancellable, current_cancel_event, raise_if_cancelled
 
     assert not issubclass(Cancelled, SamlabError)
     outer, inner = threading.Event(), threading.Event()
@@ -348,7 +348,7 @@ def test_cancel_stops_an_encode(backend, tmp_path, monkeypatch):
     import time
 
     from napari_samlab.errors import Cancelled
-    from napari_samlab.models.base import cancellable
+    from napari_samlab.base.cancel import cancellable
 
     monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
     model = TinyModel(slow_encoder(), backend)

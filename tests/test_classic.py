@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from napari_samlab.errors import SamlabError
 from napari_samlab.models.base import Prompt
 from napari_samlab.models.classic import ClassicModel
-from napari_samlab.predict.windowing import apply_window, resolve_window
+from napari_samlab.base.windowing import apply_window, resolve_window
 
 from conftest import dice
 

@@ -15,7 +15,7 @@ from napari_samlab.errors import SamlabError  # noqa: E402
 from napari_samlab.models.base import Prediction, SegmentationModel  # noqa: E402
 from napari_samlab.predict.cache import DiskCache, MemoryCache, embedding_key  # noqa: E402
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
-from napari_samlab.predict.windowing import Window  # noqa: E402
+from napari_samlab.base.windowing import Window  # noqa: E402
 
 
 class FakeModel(SegmentationModel):
@@ -85,20 +85,42 @@ def test_memory_lru_bound(ct):
 
 
 def test_disk_cache_roundtrip_and_fp16(ct, tmp_path):
+    exact = FakeModel().encode(ct[0].astype(np.float32))["features"]
     p = SlicePredictor(FakeModel(), cache_dir=tmp_path)
-    p.set_image(ct[0])
-    fresh = p.embedding["features"]
+    p.set_image(ct[0], window="none")
+    assert np.array_equal(p.embedding["features"], exact)
     q = SlicePredictor(FakeModel(), cache_dir=tmp_path)  # a new session
-    q.set_image(ct[0])
+    q.set_image(ct[0], window="none")
     assert q.encoder_calls == 0 and q.disk_hits == 1
     hit = q.embedding["features"]
-    assert hit.dtype == np.float32
-    assert np.array_equal(hit, fresh.astype(np.float16).astype(np.float32))  # fp16-rounded by design
-    r = SlicePredictor(FakeModel(), cache_dir=tmp_path / "f32", disk_dtype="float32")
-    r.set_image(ct[0])
-    s = SlicePredictor(FakeModel(), cache_dir=tmp_path / "f32", disk_dtype="float32")
-    s.set_image(ct[0])
-    assert s.disk_hits == 1 and np.array_equal(s.embedding["features"], fresh)
+    assert hit.dtype == np.float32 and np.array_equal(hit, exact)  # the default stores what was computed
+    # float16 storage: asked for explicitly, its own key and entry name, fresh encodes rounded the same way
+    r = SlicePredictor(FakeModel(), cache_dir=tmp_path, disk_dtype="float16")
+    r.set_image(ct[0], window="none")
+    assert r.encoder_calls == 1 and r.key != q.key and "storage=float16" in r.engine_key()
+    rounded = exact.astype(np.float16).astype(np.float32)
+    assert np.array_equal(r.embedding["features"], rounded)
+    s = SlicePredictor(FakeModel(), cache_dir=tmp_path, disk_dtype="float16")
+    s.set_image(ct[0], window="none")
+    assert s.disk_hits == 1 and np.array_equal(s.embedding["features"], rounded)
+    usage = s.disk_usage()
+    assert usage.entries == 2 and usage.by_storage == {"float32": 1, "float16": 1}
+    assert "1 stored as float16" in usage.describe()
+
+
+def test_cache_dir_must_be_new_empty_or_a_samlab_cache(ct, tmp_path):
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"not a cache")
+    with pytest.raises(SamlabError, match="not a napari-samlab embedding cache") as e:
+        SlicePredictor(FakeModel(), cache_dir=foreign)
+    assert "--cache-dir" in e.value.for_cli() and "--" not in str(e.value)
+    assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"]  # nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    SlicePredictor(FakeModel(), cache_dir=empty).set_image(ct[0], window="none")
+    SlicePredictor(FakeModel(), cache_dir=empty).set_image(ct[1], window="none")  # its own cache: reused
+    assert SlicePredictor(FakeModel(), cache_dir=empty).disk_usage().entries == 2
 
 
 def _entry_files(cache_dir, key):
@@ -149,7 +171,7 @@ def test_prompt_validation(ct):
     with pytest.raises(SamlabError, match="call set_image"):
         p.predict(box=(0, 0, 1, 1))
     p.set_image(ct[0][:100, :200])
-    with pytest.raises(SamlabError, match="outside the 200×100 slice"):
+    with pytest.raises(SamlabError, match="outside the image \\(200×100 slice\\)"):
         p.predict(box=(0, 0, 200, 50))
     with pytest.raises(SamlabError, match="x1 < x0"):
         p.predict(box=(50, 0, 10, 50))
@@ -157,7 +179,7 @@ def test_prompt_validation(ct):
         p.predict(box=(1, 2, 3))
     with pytest.raises(SamlabError, match="trained with boxes only"):
         p.predict(points=[(5, 5)])
-    with pytest.raises(SamlabError, match="needs a prompt"):
+    with pytest.raises(SamlabError, match="no prompt given"):
         p.predict()
     mask, _ = p.predict(box=(0, 0, 199, 99))  # inclusive corners: the whole slice
     assert mask.all()
@@ -211,9 +233,10 @@ def small_medsam():
 def test_fp16_disk_hit_effect_on_medsam_masks(tmp_path, small_medsam):
     """How much an fp16 disk hit changes real masks (small MedSAM, CT slice): tiny, bounded."""
     model, ct = small_medsam
-    a = SlicePredictor(model, cache_dir=tmp_path)
+    a = SlicePredictor(model)  # exact
     a.set_image(ct)
-    b = SlicePredictor(model, cache_dir=tmp_path)
+    SlicePredictor(model, cache_dir=tmp_path, disk_dtype="float16").set_image(ct)
+    b = SlicePredictor(model, cache_dir=tmp_path, disk_dtype="float16")
     b.set_image(ct)
     assert b.disk_hits == 1 and b.encoder_calls == 0
     diffs = []

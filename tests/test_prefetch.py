@@ -4,7 +4,7 @@
 
 While the user looks at a slice of a volume, the slice and its neighbours
 are encoded in a low-priority thread; moving, prompting, propagating or
-closing stops it mid-encode (``models.base.cancellable``), so the user's
+closing stops it mid-encode (``base.cancel.cancellable``), so the user's
 action never waits for a background encode.  ``SlowOracle`` is the oracle
 segmenter with an encode that takes ``delay`` seconds and stops when
 cancelled, the way an exported encoder does.
@@ -26,7 +26,7 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from napari_samlab.models.base import raise_if_cancelled  # noqa: E402
+from napari_samlab.base.cancel import raise_if_cancelled  # noqa: E402
 from napari_samlab.models.classic import ClassicModel  # noqa: E402
 from napari_samlab.propagate.oracle import OracleModel  # noqa: E402
 from napari_samlab.widgets import SegmentationWidget  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from napari_samlab.errors import SamlabError
 from napari_samlab.models.base import Prediction, Prompt
 from napari_samlab.predict.predictor import SlicePredictor
-from napari_samlab.predict.windowing import Window
+from napari_samlab.base.windowing import Window
 from napari_samlab.propagate import (
     PropagationPlan,
     PropagationSettings,
@@ -307,7 +307,7 @@ def test_window_resolved_once_on_the_volume_and_boxes_clipped():
             return super().decode(embedding, prompt)
 
     def apply_unit(img):
-        from napari_samlab.predict.windowing import apply_window
+        from napari_samlab.base.windowing import apply_window
 
         return apply_window(img, Window(-1e9, 1e9, "unit"))
 

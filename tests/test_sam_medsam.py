@@ -186,7 +186,8 @@ def test_mobilesam_loads_as_sam():
     assert (info.family, info.backbone, info.image_size) == ("sam", "vit_t", 1024)
     model = model_from_state_dict(sd, None, "mobile_sam.pt")
     assert model.family == "sam"
-    with pytest.raises(errors.SamlabError, match="mobile_sam.pt is a MobileSAM \\(vit_t\\) checkpoint, not MedSAM: use --model sam"):
+    with pytest.raises(errors.SamlabError) as e:
         model_from_state_dict(sd, "medsam", "mobile_sam.pt")
+    assert e.value.for_cli() == "mobile_sam.pt is a MobileSAM (vit_t) checkpoint, not MedSAM: choose --model sam"
     with pytest.raises(errors.SamlabError, match="not LiteMedSAM"):
         model_from_state_dict(sd, "litemedsam", "mobile_sam.pt")

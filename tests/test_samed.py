@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from napari_samlab.errors import SamlabError  # noqa: E402
 from napari_samlab.models.base import Prompt  # noqa: E402
 from napari_samlab.models.samed import build_samed, detect_samed  # noqa: E402
-from napari_samlab.predict.windowing import Window, apply_window  # noqa: E402
+from napari_samlab.base.windowing import Window, apply_window  # noqa: E402
 
 VIT_B_GLOBAL = [2, 5, 8, 11]
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.predictor import SlicePredictor
-from napari_samlab.predict.windowing import resolve_window
+from napari_samlab.base.windowing import resolve_window
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

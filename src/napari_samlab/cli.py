@@ -2,12 +2,16 @@
 and the cohort commands ``batch``, ``replay`` and ``compare`` (napari_samlab.cohort.cli).
 
 Bad input ends with one line on stderr, a non-zero exit and no output
-file; tracebacks are shown only with ``SAMLAB_DEBUG=1``.
+file.  Errors about an input are phrased with this front end's names for
+it (``err.for_cli()``: ``--box X0 Y0 X1 Y1``, ``--model medsam``).  An
+unexpected failure prints one line too; its traceback goes to the
+``napari_samlab`` logger and to stderr with ``SAMLAB_DEBUG=1``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -18,7 +22,7 @@ import numpy as np
 
 from .errors import SamlabError
 
-FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
+log = logging.getLogger("napari_samlab")
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -36,14 +40,16 @@ class _UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .predict.windowing import PRESET_NAMES
+    from .base.windowing import PRESET_NAMES
+    from .models.backends import ALIASES, ENCODER_BACKENDS
+    from .models.families import family_names
 
     parser = _Parser(prog="samlab", description="Promptable segmentation of CT, MRI, histology and microscopy.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     seg = sub.add_parser("segment", help="segment an image from a box or points and write a label image")
     seg.add_argument("image", metavar="IMAGE", help="NIfTI, NRRD, MHA/MHD, DICOM series folder, TIFF, PNG or JPEG")
     seg.add_argument("-o", "--output", required=True, metavar="OUT", help="label image to write (.nii.gz, .nii, .nrrd, .mha, .tif, .png; .dcm = DICOM SEG for DICOM input)")
-    seg.add_argument("--model", choices=FAMILIES, help="engine (default: classic, or detected from --checkpoint)")
+    seg.add_argument("--model", choices=family_names(), help="engine (default: classic, or detected from --checkpoint)")
     seg.add_argument("--checkpoint", metavar="PATH", help="model weights file")
     seg.add_argument("--base-checkpoint", metavar="PATH", help="original SAM weights a SAMed LoRA file builds on")
     seg.add_argument("--slice", type=int, metavar="Z", help="slice index that carries the prompt (3D input)")
@@ -57,15 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--label", type=int, default=1, metavar="N", help="label value of the object (default 1)")
     seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
+    seg.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
+                     help="storage type of the on-disk cache: float32 (default) keeps the embedding exactly as "
+                          "computed; float16 halves the disk use and rounds it (part of the cache key)")
+    seg.add_argument("--encoder", choices=sorted(set(ENCODER_BACKENDS) | set(ALIASES)), metavar="BACKEND",
+                     help="image-encoder backend: torch (upstream PyTorch fp32), onnx, openvino (exported fp32, "
+                          "checked against PyTorch), auto (default: the fastest of those), or the approximate "
+                          "*-int8 / torch-autocast; default $SAMLAB_ENCODER_BACKEND or auto")
     from .cohort import cli as cohort_cli  # cohort hooks: segment --prompts, batch, replay, compare
     from .instances.cli import add_everything_options
 
     cohort_cli.add_segment_options(seg)
     add_everything_options(seg)
-    cohort_cli.add_subcommands(sub, FAMILIES, PRESET_NAMES)
+    cohort_cli.add_subcommands(sub, family_names(), PRESET_NAMES)
     info = sub.add_parser("info", help="describe a checkpoint file")
     info.add_argument("checkpoint", metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--encoder", choices=sorted(set(ENCODER_BACKENDS) | set(ALIASES)), metavar="BACKEND",
+                      help="the encoder backend to report on (default $SAMLAB_ENCODER_BACKEND or auto)")
     cache = sub.add_parser("cache", help="show the disk caches (embeddings, exported encoders) and their size; --clear empties them")
     cache.add_argument("--clear", action="store_true", help="delete the cached entries (they are recomputed when needed)")
     cache.add_argument("--cache-dir", metavar="DIR", help="the embedding cache folder (as given to 'samlab segment --cache-dir'; "
@@ -92,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return run_cache(args)
         return run_info(args)
     except SamlabError as err:
-        print(f"samlab: error: {err}", file=sys.stderr)
+        print(f"samlab: error: {err.for_cli()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("samlab: interrupted; nothing was written", file=sys.stderr)
@@ -100,20 +115,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MemoryError:
         print("samlab: error: out of memory: crop the image, close other programs or use a smaller model", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as err:  # noqa: BLE001 - last line of defence: no traceback for users
+    except Exception as err:  # noqa: BLE001 - boundary: one line for users, the traceback to the log
+        log.debug("samlab %s failed", args.command, exc_info=True)  # silent unless logging is configured
         if os.environ.get("SAMLAB_DEBUG"):
-            raise
+            import traceback
+
+            traceback.print_exc()
         print(f"samlab: internal error: {type(err).__name__}: {err} (rerun with SAMLAB_DEBUG=1 and report it)", file=sys.stderr)
         return EXIT_INTERNAL
 
 
 # -- samlab info -----------------------------------------------------------
 def run_info(args) -> int:
-    from .models.registry import describe_checkpoint
+    from .errors import CLI_NAMES
+    from .models.registry import default_encoder, describe_checkpoint
 
     if not Path(args.checkpoint).is_file():
         raise SamlabError(f"{args.checkpoint} does not exist: check the path")
-    info = describe_checkpoint(args.checkpoint)
+    info = describe_checkpoint(args.checkpoint, names=CLI_NAMES)
+    info["encoder"] = default_encoder(info["family"], args.encoder)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -156,6 +176,10 @@ def run_segment(args) -> int:
         raise SamlabError(f"output folder {out.parent} does not exist: create it first")
     if not 1 <= args.label <= 65535:
         raise SamlabError(f"--label {args.label} is out of range: use 1..65535")
+    if args.cache_dir is not None:
+        from .predict.cache import check_cache_folder
+
+        check_cache_folder(args.cache_dir)  # before any work: a foreign folder is refused, nothing written
     image = read_image(args.image)
     if image_extension(out) == ".dcm" and image.metadata.get("format") != "dicom":
         raise SamlabError("a .dcm output is a DICOM Segmentation and needs a DICOM series as IMAGE: save as .nii.gz or .nrrd instead")
@@ -163,13 +187,17 @@ def run_segment(args) -> int:
 
     cohort_cli.check_segment_args(args)
     model = _load_model(args)
+    from .predict.predictor import SlicePredictor
+
+    predictor = SlicePredictor(model, cache_dir=args.cache_dir, disk_dtype=args.cache_dtype)
     if getattr(args, "everything", False):
         from .instances.cli import run_everything
 
         labels = run_everything(args, image, model)
-    else:
-        labels = cohort_cli.segment_labels(image, model, args, segment_image)  # --prompts FILE, else the flags
+    else:  # --prompts FILE, else the single-prompt flags
+        labels = cohort_cli.segment_labels(image, model, args, lambda im, m, a: segment_image(im, m, a, predictor))
     from .io.writers import write_labels
+    from .models.base import encoder_report
 
     write_labels(labels, image, out, segment_names=cohort_cli.segment_names(labels, model, args))
     side = cohort_cli.write_segment_sidecar(image, model, args, out)  # provenance: OUT with .json
@@ -177,48 +205,50 @@ def run_segment(args) -> int:
     ml = n * float(np.prod(image.spacing)) / 1000.0 if image.spatial_ndim == 3 else None
     size = f", {ml:.2f} mL" if ml is not None else ""
     print(f"wrote {out} ({n} voxels labelled{size}) and its provenance {side.name}")
+    hits = predictor.memory_hits + predictor.disk_hits
+    counts = f"; {predictor.encoder_calls} slice(s) encoded, {hits} from the cache" if predictor.encoder_calls + hits else ""
+    print(f"samlab: {encoder_report(model)['summary']}{counts}", file=sys.stderr)
     return 0
 
 
 def _load_model(args):
     from .models.registry import load_model
 
+    from .models.families import get_family
+
     family = args.model
-    if args.checkpoint is None and family not in (None, "classic"):
+    if args.checkpoint is None and family is not None and get_family(family).needs_checkpoint:
         raise SamlabError(f"--model {family} needs its weights: add --checkpoint PATH")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise SamlabError(f"checkpoint {args.checkpoint} does not exist: check the path")
     if args.base_checkpoint is not None and not Path(args.base_checkpoint).is_file():
         raise SamlabError(f"base checkpoint {args.base_checkpoint} does not exist: check the path")
-    if args.checkpoint is None:
-        family = family or "classic"
-    return load_model(args.checkpoint, family=family, base_checkpoint=args.base_checkpoint, device=args.device)
+    return load_model(args.checkpoint, family=family, base_checkpoint=args.base_checkpoint, device=args.device,
+                      encoder_backend=getattr(args, "encoder", None))
 
 
 def _prompt_from_args(args, shape):
-    """The prompt of --box/--point/--negative, checked against the slice before any encoding."""
-    from .models.base import Prompt
-    from .predict.predictor import validate_prompt
+    """The prompt of --box/--point/--negative."""
+    from .base.prompts import Prompt
 
     points = [tuple(p) for p in args.point] + [tuple(p) for p in args.negative]
     labels = [1] * len(args.point) + [0] * len(args.negative)
-    if points and not args.point and args.box is None:
-        raise SamlabError("only negative points given: add a box or a positive --point inside the object")
-    prompt = Prompt(box=tuple(args.box) if args.box is not None else None,
-                    points=points or None, point_labels=labels or None)
-    return validate_prompt(prompt, shape)
+    return Prompt(box=tuple(args.box) if args.box is not None else None,
+                  points=points or None, point_labels=labels or None)
 
 
-def segment_image(image, model, args) -> np.ndarray:
+def segment_image(image, model, args, predictor=None) -> np.ndarray:
     """Run the engine on IMAGE per the parsed CLI arguments; returns the label array."""
+    from .base.prompts import validate_prompt
+    from .base.windowing import resolve_window
     from .predict.predictor import SlicePredictor
-    from .predict.windowing import resolve_window
 
     volume = image.array
     is3d = image.spatial_ndim == 3
     modality = image.metadata.get("modality")
     window = tuple(args.window_level) if args.window_level else args.window
-    predictor = SlicePredictor(model, cache_dir=args.cache_dir)
+    if predictor is None:
+        predictor = SlicePredictor(model, cache_dir=args.cache_dir, disk_dtype=args.cache_dtype)
     labels = np.zeros(image.spatial_shape, np.uint16 if args.label > 255 or model.num_classes > 255 else np.uint8)
 
     if not model.needs_prompt:  # SAMed: classes on every slice, no prompt
@@ -229,7 +259,7 @@ def segment_image(image, model, args) -> np.ndarray:
         if is3d and args.slice is not None:
             _check_slice(args.slice, volume.shape[0])
             slices = [args.slice]
-        from .models.base import Prompt
+        from .base.prompts import Prompt
 
         for z in slices:
             plane = volume[z] if z is not None else volume
@@ -242,8 +272,6 @@ def segment_image(image, model, args) -> np.ndarray:
                 labels[z] = cls
         return labels
 
-    if args.box is None and not args.point and not args.negative:
-        raise SamlabError("no prompt given: add --box X0 Y0 X1 Y1 or --point X Y")
     if is3d:
         if args.slice is None:
             raise SamlabError(f"IMAGE is a volume of {volume.shape[0]} slices: say which slice carries the prompt with --slice Z")
@@ -255,8 +283,8 @@ def segment_image(image, model, args) -> np.ndarray:
         if args.propagate:
             raise SamlabError("--propagate needs a volume; IMAGE is 2D")
         plane_shape = volume.shape[:2]
-    prompt = _prompt_from_args(args, plane_shape)
-    model.check_prompt(prompt, plane_shape)
+    # the one prompt check (also run by the predictor), here before any encoding
+    prompt = validate_prompt(_prompt_from_args(args, plane_shape), plane_shape, model)
     win = resolve_window(window, volume, model, modality)
 
     if is3d and args.propagate:

@@ -45,7 +45,7 @@ def write_preview(image_path, labels_path, png_path, z: int | None = None) -> No
     from skimage.segmentation import find_boundaries
 
     from .io.readers import read_image
-    from .predict.windowing import apply_window, ct_window
+    from .base.windowing import apply_window, ct_window
 
     image = read_image(image_path).array
     labels = read_image(labels_path).array

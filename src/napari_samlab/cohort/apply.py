@@ -20,9 +20,9 @@ from .prompts import PromptEntry, check_entries_fit
 
 def _engine():
     """The engine pieces used here, imported late (torch-free import of cohort)."""
-    from ..models.base import Prompt
-    from ..predict.predictor import SlicePredictor, validate_prompt
-    from ..predict.windowing import resolve_window
+    from ..base.prompts import Prompt, validate_prompt
+    from ..predict.predictor import SlicePredictor
+    from ..base.windowing import resolve_window
     from ..propagate import propagate_from_prompt
 
     return Prompt, SlicePredictor, validate_prompt, resolve_window, propagate_from_prompt

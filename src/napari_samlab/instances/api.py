@@ -209,7 +209,7 @@ def _sam(model, arr, colour, shape, radius, min_size, points_per_side, window, p
     if len(shape) == 2:
         labels, scores = sam_instances(predictor, arr, window, ms, points_per_side, progress=progress, cancel=cancel)
         return labels, scores, 1
-    from ..predict.windowing import resolve_window
+    from ..base.windowing import resolve_window
 
     win = resolve_window(window, arr, model, None)  # one mapping for every slice
     stack = np.zeros(shape, np.int32)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 
@@ -35,17 +36,31 @@ def atomic_output(path):
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     _, ext = split_ext(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{ext}", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp, mode = _new_temp(folder, f".{path.name}.", f".part{ext}")
     try:
         yield tmp
-        # mkstemp makes 0600 files; give the result the usual umask permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        # writers may recreate the file: give the result the mode a new file
+        # gets here (umask applied), read per file, never by changing the
+        # process-wide umask (that races with other threads)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _new_temp(folder: Path, prefix: str, suffix: str) -> tuple:
+    """Create an empty, uniquely named file; returns ``(path, mode)`` (mode: 0o666 less the umask)."""
+    for _ in range(100):
+        tmp = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return tmp, mode
+    raise FileExistsError(f"cannot create a temporary file in {folder}")

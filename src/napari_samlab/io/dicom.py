@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SamlabError
+from .dicom_pixels import damaged, decode, output_dtype, pixel_bits
+from .dicom_slices import check_consistent, slices_of, sort_and_check
 from .image import Image
 
 __all__ = ["SeriesInfo", "is_dicom_file", "find_dicom_series", "read_dicom_series"]
@@ -37,10 +39,6 @@ __all__ = ["SeriesInfo", "is_dicom_file", "find_dicom_series", "read_dicom_serie
 # Media Storage Directory (DICOMDIR) and SOP classes that carry no image volume
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _SEG_UID = "1.2.840.10008.5.1.4.1.1.66.4"
-_GEOMETRY_TOL = 1e-3        # mm: positions closer than this are the same slice
-_ORIENT_TOL = 1e-3          # direction cosines that differ less are one orientation
-_SPACING_REL_TOL = 0.05     # slice gaps may vary by 5 % (scanner rounding) ...
-_SPACING_ABS_TOL = 0.01     # ... or 0.01 mm, whichever is larger
 _DEFER = 64 * 1024          # leave pixel data on disk until the series is chosen
 
 _HEADER_TAGS = [
@@ -146,14 +144,6 @@ def _walk_files(folder: Path) -> list:
     return out
 
 
-def _damaged(path, err=None) -> SamlabError:
-    why = f" ({type(err).__name__}: {err})" if err is not None else ""
-    return SamlabError(
-        f"{path} is a DICOM file that cannot be read{why}: it is probably truncated "
-        "or damaged; copy it again or remove it from the folder"
-    )
-
-
 def _read_headers(folder, pixels: bool) -> list:
     """(path, dataset) for every DICOM file under ``folder`` (a file is allowed)."""
     import pydicom
@@ -177,7 +167,7 @@ def _read_headers(folder, pixels: bool) -> list:
                 ds = pydicom.dcmread(path, force=True, stop_before_pixels=True,
                                      specific_tags=_HEADER_TAGS)
         except Exception as err:  # pydicom raises many types for broken files
-            raise _damaged(path, err) from None
+            raise damaged(path, err) from None
         sop = str(ds.get("SOPClassUID", "") or "")
         meta_sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
         if _DICOMDIR_UID in (sop, meta_sop) or "DirectoryRecordSequence" in ds:
@@ -188,7 +178,7 @@ def _read_headers(folder, pixels: bool) -> list:
 
             name = getattr(_uid.UID(meta_sop), "name", "") if meta_sop else ""
             if _is_image_sop(name):
-                raise _damaged(path, ValueError("its header ends early"))
+                raise damaged(path, ValueError("its header ends early"))
         out.append((path, ds))
     if not out:
         raise SamlabError(
@@ -263,299 +253,9 @@ def find_dicom_series(folder) -> list:
 
 
 # --------------------------------------------------------------------------- slices
-@dataclass
-class _Slice:
-    path: Path
-    ds: object
-    frame: int              # frame index within its file (0 for single-frame)
-    n_frames: int
-    position: np.ndarray | None
-    orientation: np.ndarray | None
-    pixel_spacing: tuple | None
-    slope: float
-    intercept: float
-    rows: int
-    cols: int
-
-
-def _floats(v, n=None):
-    """Numbers of a (multi-)valued DS/FD element as an array, None if absent or bad."""
-    if v is None or v == "":
-        return None
-    values = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
-    try:
-        out = np.asarray([float(x) for x in values], float)
-    except (TypeError, ValueError):
-        return None
-    if (n is not None and out.size != n) or not np.all(np.isfinite(out)):
-        return None
-    return out
-
-
-def _fg(ds, frame: int, seq: str, attr: str):
-    """An attribute from the per-frame or shared functional groups."""
-    for groups, idx in (("PerFrameFunctionalGroupsSequence", frame),
-                        ("SharedFunctionalGroupsSequence", 0)):
-        try:
-            item = getattr(ds, groups)[idx]
-            return getattr(getattr(item, seq)[0], attr)
-        except (AttributeError, IndexError, KeyError, TypeError):
-            continue
-    return None
-
-
-def _rescale(ds, frame=None):
-    slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
-    if frame is not None and slope is None:
-        slope = _fg(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _fg(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
-    try:
-        slope = 1.0 if slope in (None, "") else float(slope)
-        intercept = 0.0 if intercept in (None, "") else float(intercept)
-    except (TypeError, ValueError):
-        slope, intercept = 1.0, 0.0
-    return slope, intercept
-
-
-def _slices_of(path, ds) -> list:
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    if n == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
-        ps = _floats(ds.get("PixelSpacing", None), 2)
-        if ps is None:
-            ps = _floats(ds.get("ImagerPixelSpacing", None), 2)
-        return [_Slice(path, ds, 0, 1, _floats(ds.get("ImagePositionPatient", None), 3),
-                       _floats(ds.get("ImageOrientationPatient", None), 6),
-                       None if ps is None else tuple(ps), *_rescale(ds), rows, cols)]
-    out = []
-    grid = _floats(ds.get("GridFrameOffsetVector", None))
-    ipp0 = _floats(ds.get("ImagePositionPatient", None), 3)
-    iop0 = _floats(ds.get("ImageOrientationPatient", None), 6)
-    for f in range(n):
-        pos = _floats(_fg(ds, f, "PlanePositionSequence", "ImagePositionPatient"), 3)
-        iop = _floats(_fg(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-        ps = _floats(_fg(ds, f, "PixelMeasuresSequence", "PixelSpacing"), 2)
-        iop = iop if iop is not None else iop0
-        if pos is None and ipp0 is not None and iop is not None and grid is not None and grid.size == n:
-            # RT Dose style: offsets along the normal from the first frame
-            nrm = np.cross(iop[:3], iop[3:])
-            pos = ipp0 + grid[f] * nrm
-        if ps is None:
-            ps = _floats(ds.get("PixelSpacing", None), 2)
-        out.append(_Slice(path, ds, f, n, pos, iop, None if ps is None else tuple(ps),
-                          *_rescale(ds, f), rows, cols))
-    return out
-
-
-# --------------------------------------------------------------------------- pixels
-def _bits(ds):
-    return (int(ds.get("BitsAllocated", 16)), int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
-            int(ds.get("PixelRepresentation", 0)), int(ds.get("SamplesPerPixel", 1)))
-
-
-def _clean_bits(arr: np.ndarray, stored: int) -> np.ndarray:
-    """Drop bits above BitsStored (overlay bits) and sign-extend, as GDCM does."""
-    nbits = arr.dtype.itemsize * 8
-    if stored >= nbits or arr.dtype.kind not in "iu":
-        return arr
-    if arr.dtype.kind == "i":
-        shift = nbits - stored
-        return (arr << shift) >> shift
-    return arr & np.asarray((1 << stored) - 1, arr.dtype)
-
-
-def _decode(path, ds) -> tuple:
-    """(frames array (n, rows, cols[, spp]) of stored values, already_rescaled)."""
-    alloc, stored, signed, spp = _bits(ds)
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    native = ts is None or (not ts.is_compressed and ts.is_little_endian)
-    try:
-        if native and spp == 1 and alloc in (8, 16, 32) and "PixelData" in ds:
-            raw = ds.PixelData
-            dtype = np.dtype(f"{'i' if signed else 'u'}{alloc // 8}").newbyteorder("<")
-            count = n * rows * cols
-            if len(raw) < count * dtype.itemsize:
-                raise SamlabError(
-                    f"{path} is truncated (its pixel data holds {len(raw)} of "
-                    f"{count * dtype.itemsize} bytes): copy the file again"
-                )
-            arr = np.frombuffer(raw, dtype, count=count).reshape(n, rows, cols)
-            return _clean_bits(arr, stored), False
-        arr = np.asarray(ds.pixel_array)
-    except SamlabError:
-        raise
-    except Exception as err:
-        # e.g. a transfer syntax pydicom has no decoder for: let GDCM try
-        try:
-            import SimpleITK as sitk
-
-            arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            return arr.reshape((n, rows, cols) + arr.shape[3:] if arr.ndim > 3 else (n, rows, cols)), True
-        except Exception:
-            raise SamlabError(
-                f"cannot decode the pixel data of {path} "
-                f"(transfer syntax {getattr(ts, 'name', ts)}: {err}): the file is "
-                "damaged or uses a compression neither pydicom nor GDCM can read; "
-                "convert it to uncompressed DICOM (e.g. gdcmconv --raw)"
-            ) from None
-    shape = (n, rows, cols) + ((spp,) if spp > 1 else ())
-    if arr.size != int(np.prod(shape)):
-        raise _damaged(path, ValueError(f"pixel data has {arr.size} values, expected {np.prod(shape)}"))
-    arr = arr.reshape(shape)
-    return (_clean_bits(arr, stored) if spp == 1 else arr), False
-
-
-def _int_fit(lo: float, hi: float):
-    if lo >= 0:
-        for t in (np.uint8, np.uint16, np.uint32, np.uint64):
-            if hi <= np.iinfo(t).max:
-                return np.dtype(t)
-    else:
-        for t in (np.int8, np.int16, np.int32, np.int64):
-            if lo >= np.iinfo(t).min and hi <= np.iinfo(t).max:
-                return np.dtype(t)
-    return np.dtype(np.float64)
-
-
-def _output_dtype(ds, rescales) -> np.dtype:
-    """The pixel type GDCM/ITK produce for these stored bits and rescale values.
-
-    GDCM keeps the stored type without rescale, uses float64 for non-integer
-    slope/intercept and otherwise the smallest integer type holding the full
-    stored range after rescaling (so int16 stored + intercept -1024 is int32).
-    """
-    alloc, stored, signed, spp = _bits(ds)
-    if alloc not in (8, 16, 32, 64):
-        alloc = 8 if alloc <= 8 else 16
-    base = np.dtype(f"{'i' if signed else 'u'}{alloc // 8}")
-    if spp > 1 or all(s == 1 and i == 0 for s, i in rescales):
-        return base
-    if any(s != int(s) or i != int(i) for s, i in rescales):
-        return np.dtype(np.float64)
-    lo_s, hi_s = ((-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2 ** stored - 1))
-    lo = min(min(s * lo_s + i, s * hi_s + i) for s, i in rescales)
-    hi = max(max(s * lo_s + i, s * hi_s + i) for s, i in rescales)
-    return _int_fit(lo, hi)
-
-
 # --------------------------------------------------------------------------- checks
 def _series_label(info: SeriesInfo) -> str:
     return f"{info.name!r} ({info.series_uid})" if info.series_uid else repr(info.name)
-
-
-def _orientation_groups(slices) -> list:
-    groups: list = []  # [orientation, count]
-    for s in slices:
-        for g in groups:
-            if np.max(np.abs(g[0] - s.orientation)) <= _ORIENT_TOL:
-                g[1] += 1
-                break
-        else:
-            groups.append([s.orientation, 1])
-    return groups
-
-
-def _check_consistent(slices, label) -> None:
-    sizes = Counter((s.rows, s.cols) for s in slices)
-    if len(sizes) > 1:
-        desc = ", ".join(f"{c}×{r} in {n} slices" for (r, c), n in sizes.most_common())
-        raise SamlabError(
-            f"series {label} has slices of different sizes ({desc}); it cannot be "
-            "stacked into one volume: open the files one by one or choose another series"
-        )
-    bits = Counter((b[0], b[3], b[2]) for b in (_bits(s.ds) for s in slices))
-    if len(bits) > 1:
-        raise SamlabError(
-            f"series {label} mixes pixel formats (bits allocated, samples per pixel, "
-            f"signedness: {sorted(bits)}); it cannot be stacked into one volume: "
-            "choose another series"
-        )
-    spacings = {tuple(np.round(s.pixel_spacing, 4)) for s in slices if s.pixel_spacing is not None}
-    if len(spacings) > 1:
-        raise SamlabError(
-            f"series {label} mixes pixel spacings {sorted(spacings)} mm; it cannot be "
-            "stacked into one volume: open the files one by one or choose another series"
-        )
-
-
-def _sort_and_check(slices, label) -> tuple:
-    """Sort slices along the normal; return (sorted slices, normal, z spacing)."""
-    missing = [s for s in slices if s.position is None]
-    if missing:
-        raise SamlabError(
-            f"series {label}: {len(missing)} of {len(slices)} slices have no "
-            f"ImagePositionPatient (e.g. {missing[0].path.name}), so the slices cannot "
-            "be placed in space: open the files one by one or re-export the series "
-            "with positions"
-        )
-    no_orient = [s for s in slices if s.orientation is None]
-    if no_orient:
-        raise SamlabError(
-            f"series {label}: {len(no_orient)} of {len(slices)} slices have no "
-            f"ImageOrientationPatient (e.g. {no_orient[0].path.name}), so the slice "
-            "order is unknown: re-export the series with orientations"
-        )
-    groups = _orientation_groups(slices)
-    if len(groups) > 1:
-        desc = "; ".join(
-            f"{n} slice{'s' if n > 1 else ''} with row/column cosines "
-            + "(" + ", ".join(f"{v:.3f}" for v in o) + ")"
-            for o, n in groups[:4]
-        )
-        more = f"; and {len(groups) - 4} more" if len(groups) > 4 else ""
-        raise SamlabError(
-            f"series {label} mixes {len(groups)} orientations in its {len(slices)} "
-            f"slices; it cannot be stacked into one volume: {desc}{more}. Open the files "
-            "one by one or choose a series acquired in one plane"
-        )
-    iop = slices[0].orientation
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    dist = np.array([float(s.position @ normal) for s in slices])
-    order = np.argsort(dist, kind="stable")
-    slices = [slices[i] for i in order]
-    dist = dist[order]
-    if len(slices) == 1:
-        return slices, normal, None
-    gaps = np.diff(dist)
-    dup = np.flatnonzero(gaps <= _GEOMETRY_TOL)
-    if dup.size:
-        i = int(dup[0])
-        same = int(np.sum(np.abs(dist - dist[i]) <= _GEOMETRY_TOL))
-        raise SamlabError(
-            f"series {label} has {same} slices at the same position "
-            f"({dist[i]:.3f} mm along the slice normal, e.g. {slices[i].path.name} and "
-            f"{slices[i + 1].path.name}); it probably holds several time points, echoes "
-            "or copies: split them into separate folders or choose another series"
-        )
-    expected = float(np.median(gaps))
-    tol = max(_SPACING_ABS_TOL, _SPACING_REL_TOL * expected)
-    bad = np.flatnonzero(np.abs(gaps - expected) > tol)
-    if bad.size:
-        i = int(bad[0])
-        extra = f" ({bad.size} uneven gaps in all)" if bad.size > 1 else ""
-        raise SamlabError(
-            f"series {label} has uneven slice spacing: {gaps[i]:.3f} mm between the slices "
-            f"at {dist[i]:.3f} mm and {dist[i + 1]:.3f} mm along the slice normal "
-            f"(files {slices[i].path.name}, {slices[i + 1].path.name}) where "
-            f"{expected:.3f} mm is expected{extra}; it cannot be stacked into an even "
-            "volume: slices are probably missing, so copy the complete series or choose "
-            "another series"
-        )
-    # in-plane drift between slices means gantry tilt: the stack is sheared
-    pos = np.array([s.position for s in slices])
-    inplane = pos - np.outer(dist, normal)
-    drift = float(np.max(np.linalg.norm(inplane - inplane[0], axis=1)))
-    if drift > max(_SPACING_ABS_TOL, 0.01 * float(np.min(slices[0].pixel_spacing or (1.0,)))) * 10:
-        warnings.warn(
-            f"series {label} is sheared (gantry tilt: slice positions drift {drift:.2f} mm "
-            "within the slice plane); it is shown as an unsheared stack like SimpleITK does",
-            stacklevel=3,
-        )
-    spacing_z = (dist[-1] - dist[0]) / (len(slices) - 1)
-    return slices, normal, float(spacing_z)
 
 
 # --------------------------------------------------------------------------- reading
@@ -568,13 +268,13 @@ def _read_one(info: SeriesInfo, datasets: dict) -> Image:
         image_sop = _is_image_sop(getattr(sop, "name", "") if sop is not None else "")
         if "PixelData" not in ds and (image_sop or "Rows" in ds):
             # pydicom stops quietly at the end of a cut-off file
-            raise _damaged(path, ValueError("it is an image without pixel data"))
+            raise damaged(path, ValueError("it is an image without pixel data"))
         if "Rows" not in ds or "Columns" not in ds:
             continue
-        slices.extend(_slices_of(path, ds))
+        slices.extend(slices_of(path, ds))
     if not slices:
         raise SamlabError(f"series {label} has no image pixels: choose an image series")
-    _check_consistent(slices, label)
+    check_consistent(slices, label)
 
     first = slices[0]
     # one plane, or one multi-frame file without per-frame positions: keep the
@@ -582,7 +282,7 @@ def _read_one(info: SeriesInfo, datasets: dict) -> Image:
     unplaced = len(slices) == 1 or (
         len(info.files) == 1 and all(s.position is None for s in slices))
     if not unplaced:
-        slices, normal, spacing_z = _sort_and_check(slices, label)
+        slices, normal, spacing_z = sort_and_check(slices, label)
         iop = slices[0].orientation
         origin = slices[0].position
     else:
@@ -603,14 +303,14 @@ def _read_one(info: SeriesInfo, datasets: dict) -> Image:
 
     # decode each file once, in sorted order
     rescales = [(s.slope, s.intercept) for s in slices]
-    out_dtype = _output_dtype(first.ds, rescales)
-    _, _, _, spp = _bits(first.ds)
+    out_dtype = output_dtype(first.ds, rescales)
+    _, _, _, spp = pixel_bits(first.ds)
     shape = (len(slices), first.rows, first.cols) + ((spp,) if spp > 1 else ())
     volume = np.empty(shape, out_dtype)
     cache: dict = {}
     for k, s in enumerate(slices):
         if s.path not in cache:
-            cache[s.path] = _decode(s.path, s.ds)
+            cache[s.path] = decode(s.path, s.ds)
             if s.n_frames == 1:
                 # single-frame files are used once; keep memory flat
                 frames, done = cache.pop(s.path)

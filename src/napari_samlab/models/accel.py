@@ -68,26 +68,19 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..base.paths import ENCODER_KEY_HEX, ENCODER_TEMP_SUFFIX, default_encoder_cache_dir, encoder_entry_name
+from .accel_runners import (  # noqa: F401 - autocast_dtype, CANCEL_POLL_MS re-exported
+    CANCEL_POLL_MS, ONNX_OPSET, as_numpy, autocast_dtype, autocast_runner, check_cancel, export_onnx,
+    ort_runner, ort_session, ov_compiled, ov_runner, quantize_int8, torch_runner,
+)
+from .backends import APPROX_BACKENDS, AUTO_ORDER, EXACT_BACKENDS, EXACT_RTOL  # noqa: F401 - names re-exported
+from .spill import spill_weights  # noqa: F401 - re-exported (part of this module's API)
+
 log = logging.getLogger(__name__)
 
-#: backends whose output equals PyTorch fp32 up to float rounding
-EXACT_BACKENDS = ("torch", "onnxruntime", "openvino")
-#: opt-in backends that trade accuracy for speed
-APPROX_BACKENDS = ("onnxruntime-int8", "openvino-int8", "torch-autocast")
-#: ``"auto"`` tries these in order (fastest first, as measured by
-#: benchmarks/bench_encoder.py on a 2-core AVX2 CPU) and keeps the first
-#: that is installed, exports and verifies.
-AUTO_ORDER = ("openvino", "onnxruntime", "torch")
-
-#: relative tolerance of the export check: max |candidate - torch| over
-#: max |torch|.  fp32 re-association in fused kernels gives ~1e-6.
-EXACT_RTOL = 1e-3
 
 _CACHE_FORMAT = 1  # bump when the layout of a cache entry changes
-_ONNX_OPSET = 17
 _QUANT_SETTINGS = "dynamic,MatMul+Gemm,s8,reduce_range,const-B"  # in the cache key of the int8 backends
-#: how often (ms) an OpenVINO request being waited for looks at the cancel event
-CANCEL_POLL_MS = 50
 
 
 # ----------------------------------------------------------------------
@@ -135,9 +128,7 @@ def default_cache_dir() -> Path:
     >>> default_cache_dir().name
     'encoders'
     """
-    from ..predict.cache import cache_root
-
-    return cache_root() / "encoders"
+    return default_encoder_cache_dir()
 
 
 def backend_available(backend: str) -> bool:
@@ -177,7 +168,7 @@ def _backend_version(backend: str) -> str:
         import onnx
         import onnxruntime
 
-        parts += [f"onnx={onnx.__version__}", f"ort={onnxruntime.__version__}", f"opset={_ONNX_OPSET}"]
+        parts += [f"onnx={onnx.__version__}", f"ort={onnxruntime.__version__}", f"opset={ONNX_OPSET}"]
     if backend.startswith("openvino"):
         import openvino
 
@@ -197,18 +188,6 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _as_tensor(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    return x.to(torch.float32).contiguous()
-
-
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def relative_error(a, b) -> float:
     """``max |a - b| / max |b|``: the export check's measure.
 
@@ -226,7 +205,7 @@ def relative_error(a, b) -> float:
     >>> relative_error(np.ones(3), np.ones(3))
     0.0
     """
-    a, b = _as_numpy(a), _as_numpy(b)
+    a, b = as_numpy(a), as_numpy(b)
     return float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-12))
 
 
@@ -296,206 +275,13 @@ class AcceleratedEncoder:
         """
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"encoder input has shape {tuple(x.shape)}, this encoder was built for {self.input_shape}")
-        _check_cancel(cancel)
+        check_cancel(cancel)
         out = self._run(x, cancel)
-        _check_cancel(cancel)  # set during a forward that could not stop: the caller still stops
+        check_cancel(cancel)  # set during a forward that could not stop: the caller still stops
         return out
 
     def __repr__(self) -> str:
         return f"AcceleratedEncoder(backend={self.backend!r}, input_shape={self.input_shape}, threads={self.threads})"
-
-
-def _check_cancel(cancel: Optional[threading.Event]) -> None:
-    if cancel is not None and cancel.is_set():
-        from ..errors import Cancelled
-
-        raise Cancelled("encoding stopped on request")
-
-
-# ----------------------------------------------------------------------
-# backends
-def _torch_runner(encoder: torch.nn.Module, threads: int) -> Callable:
-    encoder.eval()
-    device = next(encoder.parameters()).device
-
-    def run(x, cancel=None):
-        # set per call: other code (or another library) may have changed it
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        with torch.inference_mode():
-            return encoder(_as_tensor(x).to(device)).float()
-
-    return run
-
-
-def autocast_dtype(device_type: str) -> torch.dtype:
-    """The lower precision ``"torch-autocast"`` uses on a device type.
-
-    Parameters
-    ----------
-    device_type : str
-        ``"cuda"``, ``"cpu"`` (any other type gets bfloat16 as well).
-
-    Returns
-    -------
-    torch.dtype
-        float16 on CUDA (tensor cores, every CUDA GPU), bfloat16 elsewhere
-        (the only low precision PyTorch's CPU autocast offers).
-
-    Examples
-    --------
-    >>> autocast_dtype("cuda"), autocast_dtype("cpu")
-    (torch.float16, torch.bfloat16)
-    """
-    return torch.float16 if device_type == "cuda" else torch.bfloat16
-
-
-def _autocast_runner(encoder: torch.nn.Module, threads: int, device_type: Optional[str] = None) -> Callable:
-    """The module under autocast on its own device; float32 out.
-
-    ``device_type`` defaults to where the parameters are; the runner moves
-    the input there, so tests can drive the CUDA settings on any machine.
-    """
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    device_type = device_type or device.type
-    dtype = autocast_dtype(device_type)
-
-    def run(x, cancel=None):
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        with torch.inference_mode(), torch.autocast(device_type=device_type, dtype=dtype):
-            out = encoder(_as_tensor(x).to(device))
-        return out.float()
-
-    return run
-
-
-def _export_onnx(encoder: torch.nn.Module, shape: tuple, path: Path) -> None:
-    """``torch.onnx.export`` at a fixed shape; TorchScript exporter first (seconds), dynamo second."""
-    example = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
-    encoder = encoder.eval().cpu()
-    errors = []
-    for dynamo in (False, True):
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                kwargs = dict(input_names=["image"], output_names=["embedding"], opset_version=_ONNX_OPSET)
-                if dynamo:
-                    kwargs.update(dynamo=True, external_data=True, opset_version=18)
-                else:
-                    kwargs.update(dynamo=False, do_constant_folding=True)
-                torch.onnx.export(encoder, (example,), str(path), **kwargs)
-            return
-        except Exception as err:  # noqa: BLE001 - any exporter failure means "try the next one"
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(err).__name__}: {err}")
-            for p in path.parent.iterdir():
-                p.unlink()
-    raise RuntimeError("ONNX export failed: " + " | ".join(errors))
-
-
-def _ort_session(model_path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def _ort_runner(session) -> Callable:
-    import onnxruntime as ort
-
-    name = session.get_inputs()[0].name
-
-    def run(x, cancel=None):
-        feeds = {name: _as_numpy(x)}
-        if cancel is None:
-            return torch.from_numpy(session.run(None, feeds)[0])
-        # ONNX Runtime checks RunOptions.terminate between kernels: a watcher
-        # thread sets it when the event fires (session.run holds no GIL)
-        options = ort.RunOptions()
-        done = threading.Event()
-
-        def watch():
-            while not done.is_set():
-                if cancel.wait(CANCEL_POLL_MS / 1000):
-                    options.terminate = True
-                    return
-
-        watcher = threading.Thread(target=watch, name="samlab-ort-cancel", daemon=True)
-        watcher.start()
-        try:
-            out = session.run(None, feeds, options)[0]
-        except Exception:
-            _check_cancel(cancel)  # the termination's own error means "cancelled"
-            raise
-        finally:
-            done.set()
-            watcher.join()
-        return torch.from_numpy(out)
-
-    return run
-
-
-def _ov_config(threads: int, exact: bool) -> dict:
-    config = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": threads,
-        # f32 keeps the arithmetic of PyTorch; on CPUs with bf16/AMX OpenVINO
-        # would otherwise silently pick bf16
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    if not exact:
-        config.pop("INFERENCE_PRECISION_HINT")
-    return config
-
-
-def _ov_compiled(model_or_path, threads: int, exact: bool):
-    import openvino as ov
-
-    model = ov.Core().read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
-    return ov.Core().compile_model(model, "CPU", _ov_config(threads, exact))
-
-
-def _ov_runner(compiled) -> Callable:
-    request = compiled.create_infer_request()
-    out = compiled.output(0)
-    lock = threading.Lock()  # one request: calls from two threads take turns
-
-    def run(x, cancel=None):
-        with lock:
-            if cancel is None:
-                # copy: the request's output buffer is reused by the next call
-                return torch.from_numpy(np.array(request.infer([_as_numpy(x)])[out], copy=True))
-            request.start_async([_as_numpy(x)])
-            while not request.wait_for(CANCEL_POLL_MS):
-                if cancel.is_set():
-                    request.cancel()
-                    try:
-                        request.wait()  # raises "Infer Request was canceled"; the request stays usable
-                    except RuntimeError:
-                        pass
-                    _check_cancel(cancel)
-            return torch.from_numpy(np.array(request.get_tensor(out).data, copy=True))
-
-    return run
-
-
-def _quantize_int8(src: Path, dst: Path) -> None:
-    """ONNX Runtime dynamic quantisation of MatMul/Gemm weights to int8."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # reduce_range (7-bit weights): without VNNI, x86 int8 kernels add pairs of
-        # u8*s8 products in int16 and saturate; full-range weights gave
-        # embeddings with cosine 0.96 to fp32 on ViT-B (mask IoU 0.86)
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         reduce_range=True, extra_options={"MatMulConstBOnly": True})
 
 
 # ----------------------------------------------------------------------
@@ -514,7 +300,7 @@ def _module_digest(encoder: torch.nn.Module) -> str:
 
 def _entry_key(weights_key: str, digest: str, shape: tuple, backend: str) -> str:
     text = f"{weights_key}|{digest}|{tuple(shape)}|{backend}|{_backend_version(backend)}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return hashlib.sha256(text.encode()).hexdigest()[:ENCODER_KEY_HEX]
 
 
 def _read_meta(entry: Path) -> Optional[dict]:
@@ -534,19 +320,19 @@ def _build_entry(entry: Path, backend: str, encoder: torch.nn.Module, shape: tup
                  weights_key: str, threads: int, verify: bool) -> dict:
     """Export into a temporary directory, verify, then move into place atomically."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ENCODER_TEMP_SUFFIX, dir=entry.parent))
     try:
         t0 = time.perf_counter()
         if backend in ("onnxruntime", "onnxruntime-int8", "openvino-int8"):
             onnx_dir = tmp / "fp32"
             onnx_dir.mkdir()
-            _export_onnx(encoder, shape, onnx_dir / "model.onnx")
+            export_onnx(encoder, shape, onnx_dir / "model.onnx")
             if backend == "onnxruntime":
                 for p in onnx_dir.iterdir():
                     p.rename(tmp / p.name)
                 main = "model.onnx"
             else:
-                _quantize_int8(onnx_dir / "model.onnx", tmp / "model_int8.onnx")
+                quantize_int8(onnx_dir / "model.onnx", tmp / "model_int8.onnx")
                 main = "model_int8.onnx"
             shutil.rmtree(onnx_dir)
         elif backend == "openvino":
@@ -559,13 +345,13 @@ def _build_entry(entry: Path, backend: str, encoder: torch.nn.Module, shape: tup
                 onnx_dir = tmp / "onnx"
                 onnx_dir.mkdir()
                 try:
-                    _export_onnx(encoder, shape, onnx_dir / "model.onnx")
+                    export_onnx(encoder, shape, onnx_dir / "model.onnx")
                     # read_model: the ONNX frontend alone; convert_model's extra
                     # passes took 11 s on ViT-B (3 s on a test model) and gave
                     # the same compiled output
                     model = ov.Core().read_model(str(onnx_dir / "model.onnx"))
                 except Exception as err:  # noqa: BLE001 - fall back to the direct conversion
-                    log.info("ONNX route to OpenVINO failed (%s); converting the module directly", err)
+                    log.info("ONNX route to OpenVINO failed (%s); converting the module directly", err, exc_info=True)
             if model is None:
                 example = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
                 with warnings.catch_warnings(), torch.no_grad():
@@ -582,7 +368,7 @@ def _build_entry(entry: Path, backend: str, encoder: torch.nn.Module, shape: tup
         err = None
         if verify:
             x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
-            ref = _torch_runner(encoder, threads)(x)
+            ref = torch_runner(encoder, threads)(x)
             got = _load_runner(tmp, backend, main, threads)(x)
             err = relative_error(got, ref)
         files = sorted(p.name for p in tmp.iterdir())
@@ -604,15 +390,15 @@ def _build_entry(entry: Path, backend: str, encoder: torch.nn.Module, shape: tup
 
 def _load_runner(entry: Path, backend: str, main: str, threads: int) -> Callable:
     if backend.startswith("onnxruntime"):
-        return _ort_runner(_ort_session(entry / main, threads))
+        return ort_runner(ort_session(entry / main, threads))
     if backend.startswith("openvino"):
-        return _ov_runner(_ov_compiled(entry / main, threads, exact=backend == "openvino"))
+        return ov_runner(ov_compiled(entry / main, threads, exact=backend == "openvino"))
     raise ValueError(backend)
 
 
 def _exported_encoder(encoder, shape, backend, cache_dir: Path, weights_key: str, threads: int,
                       verify: bool) -> AcceleratedEncoder:
-    entry = cache_dir / f"{backend}-{_entry_key(weights_key, _module_digest(encoder), shape, backend)}"
+    entry = cache_dir / encoder_entry_name(backend, _entry_key(weights_key, _module_digest(encoder), shape, backend))
     meta = _read_meta(entry)
     exported = False
     if meta is not None:
@@ -620,6 +406,7 @@ def _exported_encoder(encoder, shape, backend, cache_dir: Path, weights_key: str
             run = _load_runner(entry, backend, meta["main"], threads)
         except Exception as err:  # noqa: BLE001 - a file the backend cannot read is rebuilt
             log.warning("cannot load cached encoder %s (%s): rebuilding it", entry, err)
+            log.debug("loading %s failed", entry, exc_info=True)
             meta = None
     if meta is None:
         meta = _build_entry(entry, backend, encoder, shape, weights_key, threads, verify)
@@ -693,9 +480,9 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
     on_cpu = all(p.device.type == "cpu" for p in encoder.parameters())
 
     if backend == "torch":
-        return AcceleratedEncoder(_torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
+        return AcceleratedEncoder(torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
     if backend == "torch-autocast":
-        return AcceleratedEncoder(_autocast_runner(encoder, threads), backend, shape, exact=False, threads=threads)
+        return AcceleratedEncoder(autocast_runner(encoder, threads), backend, shape, exact=False, threads=threads)
     if backend != "auto":
         if not backend_available(backend):
             raise RuntimeError(f"encoder backend {backend!r} needs packages that are not installed")
@@ -704,7 +491,7 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
         return _exported_encoder(encoder, shape, backend, cache, weights_key, threads, verify)
 
     if not on_cpu:  # GPU: PyTorch is the fast path
-        return AcceleratedEncoder(_torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
+        return AcceleratedEncoder(torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
     for name in AUTO_ORDER:
         if name == "torch":
             break
@@ -714,73 +501,10 @@ def accelerated_encoder(encoder: torch.nn.Module, input_shape: Sequence[int], *,
             f = _exported_encoder(encoder, shape, name, cache, weights_key, threads, verify)
         except Exception as err:  # noqa: BLE001 - auto never fails: it falls back
             log.warning("encoder backend %s unavailable for this model (%s); trying the next", name, err)
+            log.debug("export with %s failed", name, exc_info=True)
             continue
         if f.verify_error is not None and f.verify_error > EXACT_RTOL:
             log.warning("encoder backend %s differs from PyTorch (relative error %.2g); not used", name, f.verify_error)
             continue
         return f
-    return AcceleratedEncoder(_torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)
-
-
-def spill_weights(module: torch.nn.Module, folder: Union[str, os.PathLike, None] = None) -> bool:
-    """Move a module's parameters and buffers out of the heap into a file-backed map.
-
-    Once an exported encoder runs, the PyTorch copy of its weights (360 MB
-    for a ViT-B) is needed only if PyTorch runs again (another input size,
-    another backend).  This writes them to an unnamed temporary file and
-    maps it back copy-on-write (``torch.load(mmap=True)``): the values and
-    the module stay exactly the same, but the pages leave the resident set
-    and come back from the file only when touched.  The file is unlinked at
-    once (it lives as long as the mapping, and nothing can truncate it), so
-    it needs no cleaning up.  Linux/macOS only; anywhere it cannot be done
-    (no space, other platforms) the weights simply stay in memory.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-    folder : path, optional
-        Where the temporary file goes; default :func:`default_cache_dir`.
-
-    Returns
-    -------
-    bool
-        True when the weights now live in the map.
-
-    Examples
-    --------
-    >>> spill_weights(model.net.image_encoder)          # doctest: +SKIP
-    True
-    """
-    if os.name != "posix":
-        return False
-    state = module.state_dict()
-    if not state or any(t.device.type != "cpu" for t in state.values()):
-        return False
-    folder = Path(folder) if folder is not None else default_cache_dir()
-    path = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".spill-", suffix=".pt", dir=folder)
-        os.close(fd)
-        path = Path(name)
-        torch.save(state, path)
-        mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        module.load_state_dict(mapped, strict=True, assign=True)
-    except Exception as err:  # noqa: BLE001 - an optimisation: keep the weights in memory
-        log.info("weights stay in memory (%s)", err)
-        return False
-    finally:
-        if path is not None:
-            path.unlink(missing_ok=True)
-    _trim_heap()
-    return True
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc keeps them otherwise)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    return AcceleratedEncoder(torch_runner(encoder, threads), "torch", shape, exact=True, threads=threads)

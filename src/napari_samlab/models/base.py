@@ -13,114 +13,13 @@ next action does not wait for a slow encode to finish).
 from __future__ import annotations
 
 import abc
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-_cancel = threading.local()  # .event: the Event of the innermost cancellable() of this thread
-
-
-@contextmanager
-def cancellable(event: threading.Event) -> Iterator[threading.Event]:
-    """Make the encodes started in this thread stoppable through ``event``.
-
-    Inside the block, :meth:`SegmentationModel.run_encoder` raises
-    :class:`~napari_samlab.errors.Cancelled` if ``event`` is set before the
-    encode starts, stops an OpenVINO or ONNX Runtime inference within about
-    50 ms of it being set, and checks it again after a PyTorch forward pass
-    (PyTorch cannot stop in the middle of one).  The setting is per thread
-    (another thread's encodes are not affected) and nests: the previous
-    event is restored on exit.  Outside any block nothing changes.
-
-    Parameters
-    ----------
-    event : threading.Event
-        Set it from any thread (e.g. the GUI thread) to stop.
-
-    Yields
-    ------
-    threading.Event
-        ``event``.
-
-    Examples
-    --------
-    >>> stop = threading.Event()
-    >>> with cancellable(stop):                            # doctest: +SKIP
-    ...     emb = model.encode(slice_)   # another thread may call stop.set()
-    """
-    previous = getattr(_cancel, "event", None)
-    _cancel.event = event
-    try:
-        yield event
-    finally:
-        _cancel.event = previous
-
-
-def current_cancel_event() -> Optional[threading.Event]:
-    """The event of this thread's innermost :func:`cancellable` block, or None.
-
-    Returns
-    -------
-    threading.Event or None
-
-    Examples
-    --------
-    >>> current_cancel_event() is None
-    True
-    """
-    return getattr(_cancel, "event", None)
-
-
-def raise_if_cancelled(event: Optional[threading.Event] = None) -> None:
-    """Raise :class:`~napari_samlab.errors.Cancelled` if the work was asked to stop.
-
-    Parameters
-    ----------
-    event : threading.Event, optional
-        Default: this thread's :func:`cancellable` event (no-op outside one).
-
-    Raises
-    ------
-    Cancelled
-        The event is set.
-
-    Examples
-    --------
-    >>> stop = threading.Event()
-    >>> with cancellable(stop):
-    ...     raise_if_cancelled()          # not set: returns
-    ...     stop.set()
-    ...     raise_if_cancelled()
-    Traceback (most recent call last):
-    ...
-    napari_samlab.errors.Cancelled: stopped on request
-    """
-    event = current_cancel_event() if event is None else event
-    if event is not None and event.is_set():
-        from ..errors import Cancelled
-
-        raise Cancelled("stopped on request")
-
-
-@dataclass
-class Prompt:
-    """Prompts in array indices of the slice: x = column, y = row.
-
-    ``box`` is ``(x0, y0, x1, y1)``, corners inclusive.  ``points`` is a
-    sequence of ``(x, y)`` with ``point_labels`` 1 (object) or 0
-    (background).  ``mask_input`` is a previous low-res logit mask returned
-    by the same family's ``decode`` (``Prediction.low_res_logits``).
-    """
-
-    box: Optional[tuple] = None
-    points: Optional[Sequence[tuple]] = None
-    point_labels: Optional[Sequence[int]] = None
-    mask_input: Optional[np.ndarray] = None
-    multimask: bool = False
-
+from ..base.cancel import current_cancel_event, raise_if_cancelled
+from ..base.prompts import Prompt, validate_prompt
 
 @dataclass
 class Prediction:
@@ -172,12 +71,18 @@ class SegmentationModel(abc.ABC):
     def auto_window(self, image: np.ndarray, modality: Optional[str] = None):
         """The family's own intensity preprocessing for ``window="auto"``.
 
-        Returns a :class:`napari_samlab.predict.windowing.Window` computed from
-        ``image`` (a slice or a whole volume), or None for "use as is".
+        Returns a :class:`napari_samlab.base.windowing.Window` computed from
+        ``image`` (a slice or a whole volume), or None for "use as is": the
+        family's declared ``auto_window`` (``models/families/``), else the
+        shared default.
         """
-        from ..predict.windowing import default_auto_window
+        from ..base.windowing import default_auto_window
+        from .families import family_of
 
-        return default_auto_window(image, self.family, modality)
+        fam = family_of(self)
+        if fam is not None and fam.auto_window is not None:
+            return fam.auto_window(image, modality)
+        return default_auto_window(image, modality=modality)
 
     def run_encoder(self, encoder, x):
         """Run the family's image encoder on a ready input tensor.
@@ -188,8 +93,9 @@ class SegmentationModel(abc.ABC):
         * ``"auto"``, ``"openvino"``, ``"onnxruntime"`` (and their ``-int8``
           forms): on the CPU, the encoder exported once per weights and input
           shape, cached on disk (models/accel.py); ``"auto"`` takes the
-          fastest export whose output matches PyTorch fp32 within rounding,
-          else torch.  Exports run on the CPU only: on a GPU these all mean
+          fastest export whose output, checked against PyTorch fp32 when it
+          is exported, is within a relative error of 1e-3 (about 1e-6
+          measured: benchmarks/bench_encoder_fidelity.py), else torch.  Exports run on the CPU only: on a GPU these all mean
           PyTorch fp32;
         * ``"torch-autocast"`` (approximate, opt-in): PyTorch under autocast,
           float16 on CUDA, bfloat16 on the CPU, float32 out.
@@ -218,29 +124,69 @@ class SegmentationModel(abc.ABC):
         """
         cancel = current_cancel_event()
         raise_if_cancelled(cancel)
-        backend = self.encoder_backend
-        if self.device != "cpu" and backend != "torch-autocast":
-            backend = "torch"  # exported encoders are CPU-only; fp32 PyTorch is the fast path on a GPU
+        backend = self._effective_backend()
         if backend == "torch":
             out = encoder(x)  # cannot stop mid-forward: checked before and after
             self.last_encoder_backend = "torch"
             raise_if_cancelled(cancel)
             return out
-        accel = getattr(self, "_accelerated", None)
-        want = (backend, tuple(x.shape), id(encoder))
-        if accel is None or getattr(self, "_accelerated_for", None) != want:
-            from .accel import accelerated_encoder
-
-            accel = accelerated_encoder(encoder, tuple(x.shape), backend=backend, weights_key=self.fingerprint())
-            self._accelerated, self._accelerated_for = accel, want
-            if accel.cache_path is not None and not getattr(encoder, "_samlab_spilled", False):
-                # an export runs: PyTorch's copy of the weights can leave the resident set
-                from .accel import spill_weights
-
-                encoder._samlab_spilled = spill_weights(encoder)
+        accel = self._accelerator(encoder, tuple(x.shape), backend)
         out = accel(x, cancel=cancel)
         self.last_encoder_backend = accel.backend
         return out
+
+    def _effective_backend(self) -> str:
+        if self.device != "cpu" and self.encoder_backend != "torch-autocast":
+            return "torch"  # exported encoders are CPU-only; fp32 PyTorch is the fast path on a GPU
+        return self.encoder_backend
+
+    def _accelerator(self, encoder, shape: tuple, backend: str):
+        """The :class:`~napari_samlab.models.accel.AcceleratedEncoder` for ``encoder`` (made once per backend and shape)."""
+        accel = getattr(self, "_accelerated", None)
+        want = (backend, tuple(shape), id(encoder))
+        if accel is None or getattr(self, "_accelerated_for", None) != want:
+            from .accel import accelerated_encoder, spill_weights
+
+            accel = accelerated_encoder(encoder, tuple(shape), backend=backend, weights_key=self.fingerprint())
+            self._accelerated, self._accelerated_for = accel, want
+            if accel.cache_path is not None and not getattr(encoder, "_samlab_spilled", False):
+                # an export runs: PyTorch's copy of the weights can leave the resident set
+                encoder._samlab_spilled = spill_weights(encoder)
+        return accel
+
+    def image_encoder_module(self):
+        """The family's image encoder (``torch.nn.Module``), or None for engines without one.
+
+        Found as ``self.net.image_encoder``, ``self.sam.image_encoder`` or
+        ``self.encoder``; families laid out otherwise override this.
+        """
+        for holder in ("net", "sam"):
+            enc = getattr(getattr(self, holder, None), "image_encoder", None)
+            if enc is not None:
+                return enc
+        return getattr(self, "encoder", None)
+
+    def encoder_in_use(self) -> Optional[str]:
+        """The backend the next encode runs on (``"auto"`` resolved), or None without an image encoder.
+
+        Resolving ``"auto"`` loads (or, the first time for these weights,
+        exports and verifies) the exported encoder, as the first encode
+        would; it does not run the encoder.  Embedding cache keys include
+        this, so an embedding made with one backend is never served to
+        another.
+
+        Examples
+        --------
+        >>> load_model("medsam.pth", family="medsam").encoder_in_use()   # doctest: +SKIP
+        'openvino'
+        """
+        encoder = self.image_encoder_module()
+        if encoder is None:
+            return None
+        backend = self._effective_backend()
+        if backend in ("torch", "torch-autocast") or not self.image_size:
+            return backend
+        return self._accelerator(encoder, (1, 3, int(self.image_size), int(self.image_size)), backend).backend
 
     @abc.abstractmethod
     def encode(self, image: np.ndarray) -> dict:
@@ -256,17 +202,58 @@ class SegmentationModel(abc.ABC):
         """Answer a prompt against an embedding from :meth:`encode`."""
 
     def check_prompt(self, prompt: Prompt, shape: tuple) -> None:
-        """Raise SamlabError if this family cannot use ``prompt``."""
-        from ..errors import SamlabError
+        """Raise :class:`~napari_samlab.errors.PromptError` if this engine cannot use ``prompt``.
 
-        if not self.needs_prompt:
-            return
-        if prompt.box is None and not prompt.points:
-            raise SamlabError(f"{self.family} needs a prompt: give a box (--box X0 Y0 X1 Y1) or a point (--point X Y)")
-        if prompt.points and not self.supports_points:
-            raise SamlabError(
-                f"{self.family} was trained with boxes only and does not take points: "
-                "draw a box around the object instead (--box X0 Y0 X1 Y1)"
-            )
-        if prompt.box is not None and not self.supports_boxes:
-            raise SamlabError(f"{self.family} does not take boxes: click inside the object instead (--point X Y)")
+        The same check :class:`~napari_samlab.predict.predictor.SlicePredictor`,
+        the CLI and propagation run (:func:`napari_samlab.base.prompts.validate_prompt`).
+        """
+        validate_prompt(prompt, shape, self)
+
+
+def encoder_report(model) -> dict:
+    """What computes ``model``'s embeddings: backend, precision, device, and how it was checked.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+
+    Returns
+    -------
+    dict
+        ``backend`` (resolved; ``"none"`` for engines without an image
+        encoder), ``requested``, ``precision`` (``fp32``, ``int8``,
+        ``fp16``/``bf16``, ``none``), ``device``, ``exported`` (bool),
+        ``verify_error`` (max relative error against PyTorch fp32 measured
+        when the export was made, or None), ``tolerance`` (what an exact
+        export must meet) and ``summary`` (one line).
+
+    Examples
+    --------
+    >>> encoder_report(load_model(family="classic"))["summary"]   # doctest: +SKIP
+    'encoder: none (classic engine, no image encoder)'
+    """
+    from .backends import EXACT_RTOL, backend_precision
+
+    device = getattr(model, "device", "cpu")
+    used = getattr(model, "last_encoder_backend", None)
+    if used is None and hasattr(model, "encoder_in_use"):
+        used = model.encoder_in_use()
+    if used is None:
+        fam = getattr(model, "family", "") or "this"
+        return {"backend": "none", "requested": None, "precision": "none", "device": device, "exported": False,
+                "verify_error": None, "tolerance": None,
+                "summary": f"encoder: none ({fam} engine, no image encoder)"}
+    accel = getattr(model, "_accelerated", None)
+    exported = accel is not None and accel.cache_path is not None and accel.backend == used
+    err = accel.verify_error if exported else None
+    precision = backend_precision(used, device)
+    if exported:
+        how = ("exported, checked against PyTorch fp32 at relative tolerance "
+               f"{EXACT_RTOL:g}" + (f": measured {err:.1e}" if err is not None else ""))
+    elif used == "torch":
+        how = "upstream PyTorch"
+    else:
+        how = "approximate"
+    return {"backend": used, "requested": getattr(model, "encoder_backend", None), "precision": precision,
+            "device": device, "exported": exported, "verify_error": err, "tolerance": EXACT_RTOL if exported else None,
+            "summary": f"encoder: {used} {precision} on {device} ({how})"}

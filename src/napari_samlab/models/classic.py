@@ -217,7 +217,7 @@ class ClassicModel(SegmentationModel):
         >>> (w.lo, w.hi, w.out)
         (-1000.0, 400.0, 'unit')
         """
-        from ..predict.windowing import Window, ct_window, guess_modality, percentile_window
+        from ..base.windowing import Window, ct_window, guess_modality, percentile_window
 
         kind = guess_modality(image, modality)
         if kind == "CT":

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SamlabError
+from ..errors import InputError, PromptError, SamlabError
 from .base import Prediction, Prompt
 from .sam_family import (SamFamilyModel, build_prompt_decoder, decoder_config_from_state_dict, load_strict,
                          tinyvit_config_from_state_dict, to_uint8_rgb)
@@ -145,7 +145,7 @@ class LiteMedSAMModel(SamFamilyModel):
 
     def decode(self, embedding: dict, prompt: Prompt) -> Prediction:
         if prompt.box is None:
-            raise SamlabError("litemedsam needs a box around the object (--box X0 Y0 X1 Y1): it was trained with boxes only")
+            raise PromptError("litemedsam was trained with boxes only", "box", "draw {box} around the object")
         h, w = self._sizes(embedding)
         newh, neww = (int(v) for v in embedding["input_size"])
         box256 = box_to_256(np.asarray(prompt.box), (h, w), self.image_size)
@@ -180,7 +180,7 @@ def build_litemedsam(state_dict: dict, weights_fp: str, device: str = "cpu", sou
     """
     tcfg = tinyvit_config_from_state_dict(state_dict)
     if tcfg["patch_kernel"] != 1:
-        raise SamlabError("this TinyViT checkpoint has 3×3 stride-2 patch embedding (MobileSAM), not LiteMedSAM: use --model sam")
+        raise InputError("this TinyViT checkpoint has 3×3 stride-2 patch embedding (MobileSAM), not LiteMedSAM: choose {model:sam}", "model")
     dec = decoder_config_from_state_dict(state_dict)
     net = LiteMedSAMNet(tcfg, dec)
     load_strict(net, state_dict, "LiteMedSAM")

@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import SamlabError
+from ..errors import PromptError, SamlabError
 from .base import Prediction, Prompt, SegmentationModel
 from .checkpoint import plain_state_dict
 
@@ -671,9 +671,9 @@ class MsaModel(SegmentationModel):
         import torch.nn.functional as F
 
         if prompt is None or not prompt.points:
-            raise SamlabError("MSA needs a click inside the object: give a point (--point X Y)")
+            raise PromptError("MSA needs a click inside the object", "point", "give {point}")
         if prompt.box is not None:
-            raise SamlabError("MSA does not take boxes: click inside the object instead (--point X Y)")
+            raise PromptError("MSA does not take boxes", "box", "give {point} instead")
         h, w = (int(v) for v in np.asarray(embedding["original_size"]).ravel()[:2])
         coords = self.point_coords(prompt.points, (h, w))
         labels = list(prompt.point_labels) if prompt.point_labels is not None else [1] * len(coords)

@@ -5,14 +5,12 @@
     load_model("medsam_vit_b.pth", family="medsam")
     load_model(family="classic")
 
-Detection uses only the state dict's keys and shapes:
-
-* ``w_a_000`` keys: SAMed (``models/samed.py``: ``detect_samed``);
-* MSA adapter keys: MSA (``models/msa.py``: ``detect_msa``);
-* TinyViT keys with 1×1 patch embedding: LiteMedSAM; with 3×3: MobileSAM
-  (loaded as ``sam`` with SAM's preprocessing);
-* a SAM ViT layout: ``sam-or-medsam``: MedSAM is a fine-tuned SAM ViT-B
-  with the same keys, so the user must say which (``--model``).
+What each family is (names, detection, build, capabilities) is declared in
+its module under ``models/families/``; this module only asks the registry.
+Detection uses the state dict's keys and shapes: each family's detector is
+asked, specific layouts first (``Family.detect_rank``).  When two families
+claim the same layout (MedSAM is a fine-tuned SAM ViT-B with the same keys)
+the file is reported as ``"sam-or-medsam"`` and the user must choose.
 """
 from __future__ import annotations
 
@@ -21,17 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from ..errors import SamlabError
+from ..errors import NEUTRAL_NAMES, InputError, SamlabError, phrase
+from .backends import ENCODER_BACKENDS, requested_backend  # noqa: F401 - ENCODER_BACKENDS re-exported
 from .base import SegmentationModel
+from .families import families, family_names, find_family, get_family
+from .families.sam_layout import vit_label
 
-FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
-_ALIASES = {
-    "lite_medsam": "litemedsam", "medsam-lite": "litemedsam", "medsam_lite": "litemedsam", "lite-medsam": "litemedsam",
-    "mobilesam": "sam", "mobile_sam": "sam", "vit_t": "sam", "sam_vit_b": "sam", "sam_vit_l": "sam", "sam_vit_h": "sam",
-    "medical-sam-adapter": "msa", "samed_h": "samed", "samed_s": "samed",
-}
-_PRETTY = {"sam": "SAM", "medsam": "MedSAM", "litemedsam": "LiteMedSAM", "samed": "SAMed", "msa": "MSA (Medical SAM Adapter)",
-           "classic": "classic", "sam-or-medsam": "SAM/MedSAM"}
+AMBIGUOUS_JOIN = "-or-"
 
 
 @dataclass
@@ -41,8 +35,8 @@ class FamilyInfo:
     Attributes
     ----------
     family : str
-        ``"sam"``, ``"sam-or-medsam"`` (ViT layout shared by SAM and
-        MedSAM), ``"litemedsam"``, ``"samed"`` or ``"msa"``.
+        A family name, or names joined by ``-or-`` when several families
+        share the layout (``"sam-or-medsam"``).
     backbone : str
         ``vit_b``/``vit_l``/``vit_h``, ``vit_t`` (MobileSAM), ``tinyvit``
         (LiteMedSAM), or ``vit_<dim>x<depth>`` for non-standard ViTs.
@@ -56,6 +50,8 @@ class FamilyInfo:
         Elements in all tensors of the file.
     details : dict
         Anything else the detector found (MSA generation, SAMed variant...).
+    candidates : tuple of str
+        The families that claim the file (one unless ambiguous).
     """
 
     family: str
@@ -65,6 +61,7 @@ class FamilyInfo:
     lora_rank: Optional[int] = None
     num_parameters: int = 0
     details: dict = field(default_factory=dict)
+    candidates: tuple = ()
 
 
 def normalize_family(name: Optional[str]) -> Optional[str]:
@@ -75,24 +72,7 @@ def normalize_family(name: Optional[str]) -> Optional[str]:
     >>> normalize_family("Lite_MedSAM")
     'litemedsam'
     """
-    if name is None:
-        return None
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in FAMILIES:
-        raise SamlabError(f"unknown model {name!r}: use one of {', '.join(FAMILIES)}")
-    return key
-
-
-def _external_detector(module: str, func: str):
-    """``detect_samed``/``detect_msa`` from their modules, None if not installed."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"napari_samlab.models.{module}")
-    except ImportError:
-        return None
-    return getattr(mod, func, None)
+    return None if name is None else get_family(name).name
 
 
 def _nparams(sd: dict) -> int:
@@ -114,7 +94,7 @@ def detect_family(state_dict: dict) -> FamilyInfo:
     Raises
     ------
     SamlabError
-        When the keys match no supported family.
+        When the keys match no registered family.
 
     Examples
     --------
@@ -123,142 +103,94 @@ def detect_family(state_dict: dict) -> FamilyInfo:
     ('litemedsam', 256)
     """
     sd = state_dict
-    n = _nparams(sd)
-    keys = list(sd)
-
-    if any(k.startswith("w_a_") for k in keys):
-        det = _external_detector("samed", "detect_samed")
-        found = det(sd) if det is not None else None
-        if found is None:
-            w = sd.get("w_a_000")
-            found = {"backbone": {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}.get(int(w.shape[1]), "?") if w is not None else "?",
-                     "lora_rank": int(w.shape[0]) if w is not None else None}
-            if "mask_decoder.mask_tokens.weight" in sd:
-                found["num_classes"] = int(sd["mask_decoder.mask_tokens.weight"].shape[0]) - 1
-            found["image_size"] = 512
-        return _info_from_dict("samed", found, n)
-
-    det = _external_detector("msa", "detect_msa")
-    found = det(sd) if det is not None else None
-    if found is not None:
-        return _info_from_dict("msa", found, n)
-    if det is None and any(".MLP_Adapter." in k or ".Space_Adapter." in k for k in keys):
-        return FamilyInfo("msa", "vit", 0, 1, None, n, {"note": "MSA support is not installed"})
-
-    if "image_encoder.patch_embed.seq.0.c.weight" in sd:
-        from .sam_family import tinyvit_config_from_state_dict
-
-        try:
-            tcfg = tinyvit_config_from_state_dict(sd)
-        except KeyError as err:
-            raise SamlabError(f"TinyViT checkpoint without {err.args[0]}: the file is incomplete or not LiteMedSAM/MobileSAM") from None
-        if tcfg["patch_kernel"] == 1:
-            return FamilyInfo("litemedsam", "tinyvit", tcfg["img_size"], 1, None, n, {"tinyvit": tcfg})
-        return FamilyInfo("sam", "vit_t", tcfg["img_size"], 1, None, n, {"tinyvit": tcfg, "variant": "MobileSAM"})
-
-    if "image_encoder.patch_embed.proj.weight" in sd and "mask_decoder.iou_token.weight" in sd:
-        from .sam_family import vit_config_from_state_dict
-
-        try:
-            vit = vit_config_from_state_dict(sd)
-        except KeyError as err:
-            raise SamlabError(f"SAM-layout checkpoint without {err.args[0]}: the file is incomplete") from None
-        classes = int(sd["mask_decoder.mask_tokens.weight"].shape[0]) - 1 if "mask_decoder.mask_tokens.weight" in sd else 3
-        return FamilyInfo("sam-or-medsam", vit["backbone"], vit["img_size"], 1, None, n,
-                          {"vit": vit, "multimask_outputs": classes})
-
-    sample = ", ".join(keys[:4])
-    raise SamlabError(f"the checkpoint's weights match no supported model (keys like {sample}): "
-                      "give a SAM, MedSAM, LiteMedSAM, SAMed or MSA checkpoint")
-
-
-def _info_from_dict(family: str, found: dict, n: int) -> FamilyInfo:
-    d = dict(found)
+    detectors = sorted((f for f in families() if f.detect is not None), key=lambda f: f.detect_rank)
+    claims, rank = [], None
+    for fam in detectors:
+        if rank is not None and fam.detect_rank > rank:
+            break
+        found = fam.detect(sd)
+        if found is not None:
+            claims.append((fam.name, found))
+            rank = fam.detect_rank
+    if not claims:
+        sample = ", ".join(list(sd)[:4])
+        kinds = ", ".join(f.pretty for f in detectors)
+        raise SamlabError(f"the checkpoint's weights match no supported model (keys like {sample}): give a {kinds} checkpoint")
+    names = tuple(n for n, _ in claims)
+    d = dict(claims[0][1])
     return FamilyInfo(
-        family=family,
+        family=AMBIGUOUS_JOIN.join(names),
         backbone=str(d.pop("backbone", "") or ""),
         image_size=int(d.pop("image_size", 0) or 0),
         num_classes=int(d.pop("num_classes", 1) or 1),
         lora_rank=d.pop("lora_rank", None),
-        num_parameters=n,
+        num_parameters=_nparams(sd),
         details=d,
+        candidates=names,
     )
 
 
 def _what_file_is(info: FamilyInfo) -> str:
-    if info.family == "sam-or-medsam":
-        return f"a SAM {_vit_label(info.backbone)} / MedSAM checkpoint"
-    if info.family == "sam" and info.backbone == "vit_t":
+    if len(info.candidates) > 1:
+        return f"a {vit_label(info.backbone)} state dict of the {'/'.join(get_family(n).pretty for n in info.candidates)} layout"
+    if info.backbone == "vit_t":
         return "a MobileSAM (vit_t) checkpoint"
-    return f"a {_PRETTY.get(info.family, info.family)} checkpoint"
+    return f"a {get_family(info.family).pretty} checkpoint"
 
 
-def _vit_label(backbone: str) -> str:
-    """``vit_b`` -> ``ViT-B`` for messages."""
-    if backbone.startswith("vit_") and len(backbone) == 5:
-        return "ViT-" + backbone[4:].upper()
-    return backbone
-
-
-def _flag(family: str) -> str:
-    return f"--model {family}"
-
-
-def _check_compatible(name: str, info: FamilyInfo, family: Optional[str]) -> str:
+def _choose(name: str, info: FamilyInfo, family: Optional[str]) -> str:
     """The family to build: the user's choice if the file allows it."""
-    det = info.family
+    choices = " or ".join(f"{{model:{n}}}" for n in info.candidates)
     if family is None:
-        if det == "sam-or-medsam":
-            raise SamlabError(
-                f"{name} is a SAM {_vit_label(info.backbone)} state dict; "
-                "MedSAM and plain SAM share this layout: pass --model medsam or --model sam"
-            )
-        return det
-    if family == "classic":
-        raise SamlabError(f"the classic engine needs no checkpoint, but {name} was given: drop --checkpoint or choose the checkpoint's model")
-    ok = {"sam-or-medsam": ("sam", "medsam"), "sam": ("sam",), "litemedsam": ("litemedsam",), "samed": ("samed",), "msa": ("msa",)}
-    if family in ok.get(det, (det,)):
-        if det == "sam-or-medsam" and family == "medsam" and info.backbone in ("vit_l", "vit_h"):
-            raise SamlabError(f"{name} is a SAM {_vit_label(info.backbone)} checkpoint, but MedSAM is a ViT-B: use --model sam, or give medsam_vit_b.pth")
+        if len(info.candidates) > 1:
+            pretty = " and ".join(get_family(n).pretty for n in info.candidates)
+            raise InputError(f"{name} is a {vit_label(info.backbone)} state dict; {pretty} share this layout: "
+                             f"choose {choices}", field="model")
+        return info.candidates[0]
+    if family in info.candidates:
         return family
-    suggestion = " or ".join(_flag(f) for f in ok.get(det, (det,)))
-    raise SamlabError(f"{name} is {_what_file_is(info)}, not {_PRETTY.get(family, family)}: use {suggestion}")
-
-
-ENCODER_BACKENDS = ("torch", "auto", "openvino", "onnxruntime", "openvino-int8", "onnxruntime-int8", "torch-autocast")
-# Families whose faithfulness tests pass with an exported fp32 encoder (run
-# both ways in tests/test_sam_medsam.py, test_litemedsam.py, test_samed.py and
-# test_msa.py): they get the fastest exact backend by default; the others
-# (classic: no encoder) keep upstream torch.
-FAST_ENCODER_FAMILIES = ("sam", "medsam", "litemedsam", "samed", "msa")
+    if not get_family(family).needs_checkpoint:
+        raise InputError(f"the {family} engine needs no checkpoint, but {name} was given: "
+                         f"leave out {{checkpoint}} or choose {choices}", field="checkpoint")
+    raise InputError(f"{name} is {_what_file_is(info)}, not {get_family(family).pretty}: choose {choices}", field="model")
 
 
 def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optional[str] = None,
                base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu",
-               encoder_backend: Optional[str] = None) -> SegmentationModel:
+               encoder_backend: Optional[str] = None, **options) -> SegmentationModel:
     """Build a segmentation engine from a checkpoint (or the classic engine).
 
     Parameters
     ----------
     checkpoint : path, optional
-        Weights file; omit for ``family="classic"`` (the default without one).
+        Weights file; omit for families without weights (``classic``, the
+        default without one).
     family : str, optional
-        ``classic``, ``sam``, ``medsam``, ``litemedsam``, ``samed``, ``msa``;
-        detected from the file when omitted (SAM ViT and MedSAM cannot be
-        told apart: that case asks for it).
+        A registered family (``classic``, ``sam``, ``medsam``,
+        ``litemedsam``, ``samed``, ``msa``, ...; see
+        :func:`napari_samlab.models.families.family_names`); detected from
+        the file when omitted (SAM ViT and MedSAM cannot be told apart: that
+        case asks for it).
     base_checkpoint : path, optional
         The original SAM weights that SAMed's LoRA file builds on.
     device : str
         ``"cpu"`` or ``"cuda"``.
     encoder_backend : str, optional
-        ``"torch"`` (upstream PyTorch), ``"auto"`` (fastest exported fp32
-        backend whose output matches PyTorch within 1e-3 relative, else
-        torch), ``"openvino"``, ``"onnxruntime"``, or the approximate
+        ``"torch"`` (upstream PyTorch fp32, bit for bit), ``"auto"``
+        (fastest exported fp32 backend, ONNX Runtime or OpenVINO, whose
+        output was checked against PyTorch when it was exported: max
+        relative error 1e-3 allowed, about 1e-6 measured; else torch),
+        ``"openvino"``, ``"onnxruntime"`` (``"onnx"``), or the approximate
         ``"openvino-int8"`` / ``"onnxruntime-int8"`` / ``"torch-autocast"``
         (PyTorch autocast: float16 on CUDA, bfloat16 on CPU).  Exports run on
         the CPU: on CUDA every choice but ``"torch-autocast"`` runs PyTorch
         fp32.  Default: the ``SAMLAB_ENCODER_BACKEND`` environment variable,
-        else ``"auto"`` for SAM, MedSAM, LiteMedSAM, SAMed and MSA.
+        else ``"auto"`` for families declared with ``exported_encoder``
+        (SAM, MedSAM, LiteMedSAM, SAMed, MSA) and ``"torch"`` otherwise.
+        ``model.last_encoder_backend`` and ``encoder_report(model)`` say
+        what really ran.
+    **options
+        Family-specific build options (passed to the family's ``build``).
 
     Returns
     -------
@@ -275,32 +207,37 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
     >>> model = load_model("medsam_vit_b.pth", family="medsam")   # doctest: +SKIP
     >>> model = load_model(family="classic")                      # doctest: +SKIP
     """
-    family = normalize_family(family)
-    if checkpoint is None and family in (None, "classic"):
-        from .classic import ClassicModel  # no torch needed
-
-        return ClassicModel()
-    from .sam_family import check_device
-
-    device = check_device(device)
-    backend = encoder_backend or os.environ.get("SAMLAB_ENCODER_BACKEND") or None
-    if backend is not None and backend not in ENCODER_BACKENDS:
-        raise SamlabError(f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}")
+    fam = get_family(family) if family is not None else None
+    if checkpoint is None and (fam is None or not fam.needs_checkpoint):
+        fam = fam or get_family("classic")
+        if fam.make is None:
+            raise InputError(f"{fam.pretty} needs its weights: pass {{checkpoint}}", field="checkpoint")
+        return fam.make()
+    backend = requested_backend(encoder_backend)
     if checkpoint is None:
-        names = {"medsam": "medsam_vit_b.pth", "litemedsam": "lite_medsam.pth", "sam": "sam_vit_b_01ec64.pth",
-                 "samed": "the SAMed LoRA .pth", "msa": "the MSA .pth"}
-        raise SamlabError(f"--model {family} needs its weights: pass --checkpoint {names.get(family, 'FILE')}")
+        example = f" ({fam.example_checkpoint})" if fam.example_checkpoint else ""
+        raise InputError(f"{{model:{fam.name}}} needs its weights: pass {{checkpoint}}{example}", field="checkpoint")
     from .checkpoint import load_checkpoint
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device)
-    model.encoder_backend = backend or ("auto" if model.family in FAST_ENCODER_FAMILIES else "torch")
+    model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device, **options)
+    from ..base.digest import file_sha256
+
+    # the files' content, for cache keys: weights_fingerprint samples the tensors
+    digests = [file_sha256(path)] + ([file_sha256(base_checkpoint)] if base_checkpoint is not None else [])
+    try:
+        model.checkpoint_sha256 = "+".join(digests)
+    except AttributeError:
+        pass
+    built = find_family(model.family)
+    model.encoder_backend = backend or ("auto" if built is not None and built.exported_encoder else "torch")
     return model
 
 
 def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: str = "the checkpoint",
-                          base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu") -> SegmentationModel:
+                          base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu",
+                          **options) -> SegmentationModel:
     """:func:`load_model` for a state dict already in memory.
 
     Parameters
@@ -311,6 +248,8 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
         Shown in messages in place of a file name.
     base_checkpoint : path, optional
     device : str
+    **options
+        Family-specific build options.
 
     Returns
     -------
@@ -320,34 +259,21 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     --------
     >>> model = model_from_state_dict(sam.state_dict(), "sam")   # doctest: +SKIP
     """
-    from .checkpoint import load_checkpoint_file, weights_fingerprint
+    from .checkpoint import load_checkpoint_file
+    from .families.spec import BuildContext
     from .sam_family import check_device
 
     family = normalize_family(family)
     device = check_device(device)
     info = detect_family(state_dict)
-    fam = _check_compatible(name, info, family)
-    if fam == "samed":
+    fam = get_family(_choose(name, info, family))
+    base = None
+    if fam.needs_base_checkpoint:
         if base_checkpoint is None:
-            raise SamlabError(f"{name} is a SAMed LoRA checkpoint without an image encoder: pass the original SAM "
-                              f"{_vit_label(info.backbone)} weights "
-                              "with --base-checkpoint (e.g. sam_vit_b_01ec64.pth)")
-        from .samed import build_samed
-
+            raise InputError(f"{name} is a {fam.pretty} checkpoint that needs {fam.base_hint or 'a base checkpoint'}: "
+                             "pass it with {base_checkpoint}", field="base_checkpoint")
         base = load_checkpoint_file(base_checkpoint)
-        model = build_samed(state_dict, base, device=device)
-    elif fam == "msa":
-        from .msa import build_msa
-
-        model = build_msa(state_dict, device=device)
-    elif fam == "litemedsam":
-        from .litemedsam import build_litemedsam
-
-        model = build_litemedsam(state_dict, weights_fingerprint(state_dict), device, name)
-    else:
-        from .sam_family import build_sam_family
-
-        model = build_sam_family(state_dict, fam, weights_fingerprint(state_dict), device, name)
+    model = fam.build(state_dict, BuildContext(name, device, base, info, dict(options)))
     if not getattr(model, "source", ""):
         try:
             model.source = name
@@ -356,12 +282,55 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     return model
 
 
-def describe_checkpoint(path: Union[str, os.PathLike]) -> dict:
+def default_encoder(family: str, encoder_backend: Optional[str] = None) -> dict:
+    """The encoder backend and precision ``load_model`` would use for a (detected) family, without building it.
+
+    Parameters
+    ----------
+    family : str
+        A family name, or an ambiguous ``"sam-or-medsam"`` (its first family is used).
+    encoder_backend : str, optional
+        As for :func:`load_model` (default ``$SAMLAB_ENCODER_BACKEND``, else the family's default).
+
+    Returns
+    -------
+    dict
+        ``requested``, ``backend`` (for ``auto``: the first installed of
+        ``openvino``, ``onnxruntime``; the export is checked against
+        PyTorch fp32 when it is made and torch is used if it fails),
+        ``precision``, ``checked_against_torch`` (relative tolerance, or None).
+
+    Examples
+    --------
+    >>> default_encoder("classic")["backend"]
+    'none'
+    """
+    from .backends import AUTO_ORDER, EXACT_RTOL, backend_precision
+
+    fam = get_family(family.split(AMBIGUOUS_JOIN)[0])
+    if not fam.needs_checkpoint:
+        return {"requested": None, "backend": "none", "precision": "none", "checked_against_torch": None}
+    requested = requested_backend(encoder_backend) or ("auto" if fam.exported_encoder else "torch")
+    backend = requested
+    if requested == "auto":
+        import importlib.util
+
+        need = {"openvino": ("openvino",), "onnxruntime": ("onnx", "onnxruntime"), "torch": ()}
+        backend = next(b for b in AUTO_ORDER if all(importlib.util.find_spec(m) for m in need[b]))
+    exported = backend not in ("torch", "torch-autocast")
+    return {"requested": requested, "backend": backend, "precision": backend_precision(backend),
+            "checked_against_torch": EXACT_RTOL if exported and not backend.endswith("-int8") else None}
+
+
+def describe_checkpoint(path: Union[str, os.PathLike], names: Optional[dict] = None) -> dict:
     """What ``samlab info`` prints about a checkpoint file.
 
     Parameters
     ----------
     path : path
+    names : mapping, optional
+        How the front end names its inputs in ``note``
+        (:data:`napari_samlab.errors.CLI_NAMES`, ``GUI_NAMES``; default plain words).
 
     Returns
     -------
@@ -384,22 +353,23 @@ def describe_checkpoint(path: Union[str, os.PathLike]) -> dict:
     info = detect_family(ckpt.state_dict)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in ckpt.state_dict.values()})
     out = asdict(info)
+    out.pop("candidates")
+    pretty = "/".join(get_family(n).pretty for n in info.candidates)
     out.update({
         "file": str(path),
-        "family_name": _PRETTY.get(info.family, info.family),
+        "family_name": pretty,
         "num_tensors": len(ckpt.state_dict),
         "dtypes": dtypes,
         "wrapper": ckpt.meta.get("wrapper"),
         "prefix": ckpt.meta.get("prefix"),
         "fingerprint": weights_fingerprint(ckpt.state_dict),
     })
-    notes = {
-        "sam-or-medsam": "SAM and MedSAM share this layout: choose with --model sam or --model medsam",
-        "samed": "LoRA weights only: needs the original SAM checkpoint via --base-checkpoint",
-    }
-    if info.family == "sam" and info.backbone == "vit_t":
-        notes["sam"] = "MobileSAM: runs with --model sam (SAM preprocessing)"
-    out["note"] = notes.get(info.family, "")
+    if len(info.candidates) > 1:
+        note = f"{pretty.replace('/', ' and ')} share this layout: choose " + " or ".join(f"{{model:{n}}}" for n in info.candidates)
+    else:
+        fam = get_family(info.family)
+        note = fam.note(info) if fam.note is not None else ""
+    out["note"] = phrase(note, names or NEUTRAL_NAMES)
     out["details"] = _jsonable(out["details"])
     return out
 
@@ -411,7 +381,13 @@ def _jsonable(obj):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
-    try:
-        return obj.item()
-    except Exception:
-        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):  # more than one element
+            pass
+    return str(obj)
+
+
+__all__ = ["FamilyInfo", "normalize_family", "detect_family", "load_model", "model_from_state_dict",
+           "describe_checkpoint", "family_names", "ENCODER_BACKENDS"]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SamlabError
+from ..errors import PromptError, SamlabError
 from .base import Prediction, Prompt, SegmentationModel
 
 VIT_NAMES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
@@ -540,7 +540,7 @@ class MedSAMModel(SamFamilyModel):
 
     def decode(self, embedding: dict, prompt: Prompt) -> Prediction:
         if prompt.box is None:
-            raise SamlabError("medsam needs a box around the object (--box X0 Y0 X1 Y1): it was trained with boxes only")
+            raise PromptError("medsam was trained with boxes only", "box", "draw {box} around the object")
         h, w = self._sizes(embedding)
         s = self.image_size
         box_1024 = np.asarray(prompt.box, dtype=np.float64).reshape(1, 4) / np.array([w, h, w, h]) * s

@@ -50,10 +50,10 @@ def image_layer_data(image: Image, name: Optional[str] = None, as_labels: Option
 
 def _display_limits(image: Image):
     """Start with what the default engine sees (the "auto" window)."""
-    from ..predict.windowing import default_auto_window
+    from ..base.windowing import default_auto_window
 
     a = image.array
-    win = default_auto_window(a, "", image.metadata.get("modality"))
+    win = default_auto_window(a, modality=image.metadata.get("modality"))
     if win is None:
         lo, hi = float(a.min(initial=0)), float(a.max(initial=1))
     else:

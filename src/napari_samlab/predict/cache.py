@@ -1,17 +1,26 @@
 """Embedding caches: an in-memory LRU bounded in MB and an on-disk zarr store.
 
 Keys are hex digests made by :func:`embedding_key` from the slice's pixels,
-the window and the model fingerprint, so a cache entry can never be used
-for another slice, window or set of weights.
+the window and the engine's identity (package version, family, weights,
+checkpoint SHA-256, the encoder backend actually used and its precision,
+device, input size, storage type: see
+:meth:`napari_samlab.predict.predictor.SlicePredictor.engine_key`), so an
+entry is never used for another slice, window, set of weights or backend.
 
-Memory entries keep the encoder's float32 arrays, so a memory hit gives
-exactly the masks a fresh encode gives.  Disk entries store floating arrays
-as float16 by default (half the space; :class:`DiskCache` ``dtype``), so a
-*disk* hit is float16-rounded: masks can differ from a fresh encode in a
-few pixels at the object border.  Pass ``dtype="float32"`` for bit-exact
-disk hits.  Every disk entry carries a SHA-1 of its stored bytes; an
-unreadable, corrupt or mismatched entry is deleted and recomputed, never
-used.  :class:`MemoryCache` can hold float16 too (``dtype``, opt-in).
+Both caches store what the encoder computed, bit for bit, by default
+(float32).  Reduced precision is an explicit option: :class:`DiskCache`
+``dtype="float16"`` (``samlab segment --cache-dtype float16``) halves the
+disk use and rounds the values; such entries are named ``<key>.float16.zarr``,
+their key says so, ``samlab cache`` counts them apart, and the predictor
+then rounds fresh encodes the same way, so a slice gives the same masks
+fresh or from the cache.  Every disk entry carries a SHA-1 of its stored
+bytes and its storage type; an unreadable, corrupt or mismatched entry is
+deleted and recomputed, never used.  :class:`MemoryCache` can hold float16
+too (``dtype``, opt-in).
+
+A cache folder given by the user is used only if it is empty, new, or
+already a samlab embedding cache: anything else is refused before a byte is
+written.
 
 Disk caches on this machine (:func:`default_cache_dirs`): the embeddings
 (``$SAMLAB_CACHE_DIR/embeddings``, else
@@ -25,29 +34,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import re
 import shutil
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
-from ..errors import SamlabError
+from ..base.paths import (
+    CACHE_KINDS, DELETING, EMBEDDING_ENTRY, EMBEDDING_SHARD, EMBEDDING_TEMP, ENCODER_ENTRY, ENCODER_TEMP, MARKER,
+    default_embedding_cache_dir, default_encoder_cache_dir, embedding_entry_path, embedding_entry_storage,
+)
+from ..errors import InputError, SamlabError
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+#: 2: float32 by default, the storage type in the entry's name, attributes and key
+FORMAT_VERSION = 2
 #: default in-memory bound: 128 ViT-B slices (4 MB each in float32).  With a
 #: ViT-B loaded (about 3.1 GB resident with its OpenVINO encoder running)
 #: this keeps a 300-slice 512x512 CT under 4 GB (benchmarks/bench_memory.py).
 DEFAULT_MEMORY_MB = 512.0
-#: file that marks a folder as a samlab cache (``{"kind": ..., "format": ...}``)
-MARKER = ".samlab-cache.json"
-CACHE_KINDS = ("embeddings", "encoders")
 #: a writer's temporary folder untouched this long is a leftover of a killed process
 STALE_TEMP_SECONDS = 6 * 3600
 
@@ -62,7 +75,7 @@ def embedding_key(image: np.ndarray, window_key: str, model_fingerprint: str) ->
     image : ndarray
         The slice as the user gave it (before windowing).
     window_key : str
-        :meth:`napari_samlab.predict.windowing.Window.key` or ``"none"``.
+        :meth:`napari_samlab.base.windowing.Window.key` or ``"none"``.
     model_fingerprint : str
 
     Returns
@@ -261,17 +274,27 @@ def _digest(arrays: dict) -> str:
 class DiskCache:
     """Embeddings in a folder of zarr groups, one per key.
 
-    Layout: ``root/<key[:2]>/<key>.zarr`` with one array per embedding
-    entry, and the marker file ``root/.samlab-cache.json``; attributes ``format``, ``key``, ``dtypes`` (the in-memory
-    dtypes to restore) and ``sha1`` (of the stored arrays).  Writes go to a
-    temporary folder that is renamed into place, so readers never see half
-    an entry.
+    Layout: ``root/<key[:2]>/<key>.zarr`` (``<key>.float16.zarr`` for
+    float16 storage) with one array per embedding entry, and the marker
+    file ``root/.samlab-cache.json``; attributes ``format``, ``key``,
+    ``storage``, ``dtypes`` (the in-memory dtypes) and ``sha1`` (of the
+    stored arrays).  Writes go to a temporary folder that is renamed into
+    place, so readers never see half an entry.
 
     Parameters
     ----------
     root : path
-    dtype : {"float16", "float32"}
-        Storage type of floating arrays (see the module docstring).
+        Created if missing.  An existing folder must be empty or a samlab
+        embedding cache.
+    dtype : {"float32", "float16"}
+        Storage type of floating arrays: ``"float32"`` (default) keeps them
+        exactly; ``"float16"`` rounds them (half the disk).
+
+    Raises
+    ------
+    SamlabError
+        ``root`` is a file, not writable, or a non-empty folder that is not
+        a samlab embedding cache (nothing is written there).
 
     Examples
     --------
@@ -281,10 +304,15 @@ class DiskCache:
     dtype('float32')
     """
 
-    def __init__(self, root, dtype: str = "float16"):
+    def __init__(self, root, dtype: str = "float32"):
         self.root = Path(root).expanduser()
         self.dtype = _storage_dtype(dtype)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _checked_folder(self.root, "embeddings", owned=True)  # refuses foreign folders before writing
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SamlabError(f"cannot use {self.root} for the embedding cache ({err.strerror or err}): "
+                              "choose a folder you can write to") from None
         self.rejected = 0  # corrupt or mismatched entries thrown away
         marker = self.root / MARKER
         if not marker.exists():
@@ -292,6 +320,11 @@ class DiskCache:
                 marker.write_text(json.dumps({"kind": "embeddings", "format": FORMAT_VERSION}))
             except OSError:
                 pass
+
+    @property
+    def storage(self) -> str:
+        """``"float32"`` or ``"float16"``."""
+        return self.dtype.name
 
     def usage(self) -> "CacheUsage":
         """Size of this cache on disk (see :func:`cache_usage`)."""
@@ -302,10 +335,14 @@ class DiskCache:
         return clear_cache_folder(self.root, "embeddings")
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.zarr"
+        return embedding_entry_path(self.root, key, self.storage)
 
     def get(self, key: str) -> Optional[dict]:
-        """The embedding stored under ``key`` (float32 restored), or None."""
+        """The embedding stored under ``key``, as stored, or None.
+
+        float32 storage gives back exactly what was put; float16 storage
+        gives the float16-rounded values in the original (wider) dtype.
+        """
         import zarr
 
         p = self.path(key)
@@ -314,18 +351,26 @@ class DiskCache:
         try:
             g = zarr.open_group(str(p), mode="r")
             attrs = dict(g.attrs)
-            if attrs.get("format") != FORMAT_VERSION or attrs.get("key") != key:
+            if attrs.get("format") != FORMAT_VERSION or attrs.get("key") != key or attrs.get("storage") != self.storage:
                 raise ValueError("mismatched entry")
             dtypes = attrs["dtypes"]
             stored = {name: np.asarray(g[name][...]) for name in dtypes}
             if _digest(stored) != attrs["sha1"]:
                 raise ValueError("checksum mismatch")
             return {name: a.astype(dtypes[name], copy=False) for name, a in stored.items()}
-        except Exception:
+        except Exception as err:  # noqa: BLE001 - a damaged entry may raise anything from zarr's codecs
             # corrupt, truncated, foreign: never use it, make room for a fresh one
+            log.info("embedding cache entry %s rejected (%s): recomputing", p, err)
+            log.debug("reading %s failed", p, exc_info=True)
             self.rejected += 1
             shutil.rmtree(p, ignore_errors=True)
             return None
+
+    def stored_form(self, emb: dict) -> dict:
+        """``emb`` as a later :meth:`get` will return it (rounded through float16 in that mode)."""
+        if self.storage == "float32":
+            return emb
+        return {name: v.astype(self.dtype).astype(v.dtype) if _narrowed(v, self.dtype) else v for name, v in emb.items()}
 
     def put(self, key: str, emb: dict) -> None:
         """Store ``emb`` under ``key`` (best effort: a full disk only skips caching)."""
@@ -336,7 +381,7 @@ class DiskCache:
         for name, v in emb.items():
             a = np.asarray(v)
             dtypes[name] = a.dtype.str
-            if np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > self.dtype.itemsize:
+            if _narrowed(a, self.dtype):
                 a = a.astype(self.dtype)
             stored[name] = np.ascontiguousarray(a)
         tmp = p.parent / f".tmp-{uuid.uuid4().hex}.zarr"
@@ -346,53 +391,25 @@ class DiskCache:
             for name, a in stored.items():
                 arr = g.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape if a.ndim else None)
                 arr[...] = a
-            g.attrs.update({"format": FORMAT_VERSION, "key": key, "dtypes": dtypes, "sha1": _digest(stored)})
+            g.attrs.update({"format": FORMAT_VERSION, "key": key, "storage": self.storage, "dtypes": dtypes,
+                            "sha1": _digest(stored)})
             if p.exists():
                 shutil.rmtree(p, ignore_errors=True)
             os.replace(tmp, p)
-        except OSError:
-            pass
+        except OSError as err:
+            log.info("embedding not cached on disk (%s)", err)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _narrowed(a, dtype: np.dtype) -> bool:
+    """Whether storing ``a`` as ``dtype`` rounds it (a floating array wider than the storage type)."""
+    return isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize > dtype.itemsize
+
+
 # ----------------------------------------------------------------------
 # the disk caches as folders: where, how big, emptying them
-def cache_root() -> Path:
-    """The folder that holds napari-samlab's disk caches.
-
-    Returns
-    -------
-    Path
-        ``$SAMLAB_CACHE_DIR`` when set, else ``~/.cache/napari-samlab``.
-
-    Examples
-    --------
-    >>> isinstance(cache_root(), Path)
-    True
-    """
-    env = os.environ.get("SAMLAB_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-samlab"
-
-
-def default_embedding_cache_dir() -> Path:
-    """Where embeddings are kept on disk when the user turns that on without naming a folder.
-
-    Returns
-    -------
-    Path
-        ``$SAMLAB_CACHE_DIR/embeddings``, else ``~/.cache/napari-samlab/embeddings``
-        (beside :func:`napari_samlab.models.accel.default_cache_dir`).
-
-    Examples
-    --------
-    >>> default_embedding_cache_dir().name
-    'embeddings'
-    """
-    return cache_root() / "embeddings"
-
-
 def default_cache_dirs(embeddings=None) -> Dict[str, Path]:
     """The disk caches by kind: ``{"embeddings": ..., "encoders": ...}``.
 
@@ -413,7 +430,7 @@ def default_cache_dirs(embeddings=None) -> Dict[str, Path]:
     ['embeddings', 'encoders']
     """
     emb = Path(embeddings).expanduser() if embeddings is not None else default_embedding_cache_dir()
-    return {"embeddings": emb, "encoders": cache_root() / "encoders"}
+    return {"embeddings": emb, "encoders": default_encoder_cache_dir()}
 
 
 @dataclass
@@ -438,12 +455,16 @@ class CacheUsage:
     entries: int = 0
     nbytes: int = 0
     exists: bool = True
+    by_storage: dict = field(default_factory=dict)
 
     def describe(self, verb: str = "") -> str:
-        """One line, e.g. ``embeddings: /x (3 entries, 12.0 MB)``."""
+        """One line, e.g. ``embeddings: /x (3 entries, 12.0 MB)``; float16 (rounded) entries are counted apart."""
         if not self.exists:
             return f"{self.kind}: {self.folder} (empty, not created yet)"
         n = f"{self.entries} entr{'y' if self.entries == 1 else 'ies'}"
+        half = self.by_storage.get("float16", 0)
+        if half:
+            n += f" ({half} stored as float16, rounded)"
         return f"{self.kind}: {self.folder} ({n}, {format_bytes(self.nbytes)}{' ' + verb if verb else ''})"
 
 
@@ -463,13 +484,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"  # pragma: no cover
 
 
-# names a cache's own writers use; nothing else in a cache folder is ever deleted
-_HEX2 = re.compile(r"[0-9a-f]{2}")
-_EMB_ENTRY = re.compile(r"[0-9a-f]{40}\.zarr")
-_EMB_TEMP = re.compile(r"\.tmp-[0-9a-f]{32}\.zarr")
-_ENC_ENTRY = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{24}")          # accel: <backend>-<key>
-_ENC_TEMP = re.compile(r"[a-z0-9][a-z0-9-]*-[0-9a-f]{24}\.tmp\w+")  # accel: mkdtemp(prefix=entry + ".tmp")
-_DELETING = re.compile(r"\.del-[0-9a-f]{32}")                       # ours, mid-clear
+# names a cache's own writers use (base/paths.py); nothing else in a cache folder is ever deleted
 
 
 def _is_dir(p: Path) -> bool:
@@ -505,13 +520,13 @@ def _scan(folder: Path, kind: str) -> tuple:
         for child in sorted(folder.iterdir()):
             if child.name == MARKER:
                 continue
-            if not (_HEX2.fullmatch(child.name) and _is_dir(child)):
+            if not (EMBEDDING_SHARD.fullmatch(child.name) and _is_dir(child)):
                 foreign.append(child)
                 continue
             for item in sorted(child.iterdir()):
-                if _is_dir(item) and _EMB_ENTRY.fullmatch(item.name) and item.name.startswith(child.name):
+                if _is_dir(item) and EMBEDDING_ENTRY.fullmatch(item.name) and item.name.startswith(child.name):
                     entries.append(item)
-                elif _is_dir(item) and (_EMB_TEMP.fullmatch(item.name) or _DELETING.fullmatch(item.name)):
+                elif _is_dir(item) and (EMBEDDING_TEMP.fullmatch(item.name) or DELETING.fullmatch(item.name)):
                     temps.append(item)
                 else:
                     foreign.append(item)
@@ -519,17 +534,21 @@ def _scan(folder: Path, kind: str) -> tuple:
         for child in sorted(folder.iterdir()):
             if child.name == MARKER:
                 continue
-            if _is_dir(child) and _ENC_ENTRY.fullmatch(child.name):
+            if _is_dir(child) and ENCODER_ENTRY.fullmatch(child.name):
                 entries.append(child)
-            elif _is_dir(child) and (_ENC_TEMP.fullmatch(child.name) or _DELETING.fullmatch(child.name)):
+            elif _is_dir(child) and (ENCODER_TEMP.fullmatch(child.name) or DELETING.fullmatch(child.name)):
                 temps.append(child)
             else:
                 foreign.append(child)
     return entries, temps, foreign
 
 
-def _checked_folder(folder, kind: str):
-    """``(folder, scan)`` after making sure it is a samlab cache of ``kind``; scan is None when absent."""
+def _checked_folder(folder, kind: str, owned: bool = False):
+    """``(folder, scan)`` after making sure it is a samlab cache of ``kind``; scan is None when absent.
+
+    ``owned``: the caller is about to write there (a cache folder the user
+    chose): the message says to give a new or empty folder.
+    """
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown cache kind {kind!r}: use one of {CACHE_KINDS}")
     folder = Path(folder).expanduser()
@@ -551,9 +570,33 @@ def _checked_folder(folder, kind: str):
         raise SamlabError(f"cannot read the cache folder {folder} ({err.strerror or err}): check its permissions") from None
     if scan[2] and marker_kind is None:
         # not made by samlab (or by a version without marker but then no foreign items): hands off
+        if owned:
+            raise InputError(f"{folder} is not empty and not a napari-samlab {what} cache (it holds {scan[2][0].name!r}); "
+                             "nothing was written there: give a new or empty folder to {cache_dir}", field="cache_dir")
         raise SamlabError(f"{folder} is not a napari-samlab {what} cache (it holds {scan[2][0].name!r}): "
                           f"name the cache folder itself, e.g. {default_cache_dirs()[kind]}")
     return folder, scan
+
+
+def check_cache_folder(folder, kind: str = "embeddings") -> Path:
+    """Refuse a folder a cache must not write to (a file, unreadable, or non-empty and not a samlab cache of ``kind``).
+
+    Returns
+    -------
+    Path
+        The folder (it may not exist yet).
+
+    Raises
+    ------
+    SamlabError
+        As :class:`DiskCache` would, before anything is written.
+
+    Examples
+    --------
+    >>> check_cache_folder(default_embedding_cache_dir()).name   # doctest: +SKIP
+    'embeddings'
+    """
+    return _checked_folder(folder, kind, owned=True)[0]
 
 
 def cache_usage(folder, kind: str = "embeddings") -> CacheUsage:
@@ -587,7 +630,12 @@ def cache_usage(folder, kind: str = "embeddings") -> CacheUsage:
     if scan is None:
         return CacheUsage(folder, kind, exists=False)
     entries, temps, _ = scan
-    return CacheUsage(folder, kind, len(entries), sum(_tree_bytes(p) for p in entries + temps))
+    by_storage = {}
+    if kind == "embeddings":
+        for p in entries:
+            st = embedding_entry_storage(p)
+            by_storage[st] = by_storage.get(st, 0) + 1
+    return CacheUsage(folder, kind, len(entries), sum(_tree_bytes(p) for p in entries + temps), by_storage=by_storage)
 
 
 def clear_cache_folder(folder, kind: str = "embeddings", stale_after: float = STALE_TEMP_SECONDS) -> CacheUsage:
@@ -632,7 +680,7 @@ def clear_cache_folder(folder, kind: str = "embeddings", stale_after: float = ST
     freed = CacheUsage(folder, kind)
     for path in entries + temps:
         is_entry = path in entries
-        if not is_entry and not _DELETING.fullmatch(path.name) and now - _newest_mtime(path) < stale_after:
+        if not is_entry and not DELETING.fullmatch(path.name) and now - _newest_mtime(path) < stale_after:
             continue  # a live writer's temporary folder
         size = _tree_bytes(path)
         gone = path.parent / f".del-{uuid.uuid4().hex}"

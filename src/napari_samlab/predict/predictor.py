@@ -8,9 +8,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import SamlabError
-from ..models.base import Prediction, Prompt, SegmentationModel
+from ..base.prompts import Prompt, validate_prompt
+from ..models.base import Prediction, SegmentationModel
 from .cache import DEFAULT_MEMORY_MB, DiskCache, MemoryCache, _check_mb, _storage_dtype, embedding_key
-from .windowing import Window, apply_window, resolve_window
+from ..base.windowing import Window, apply_window, resolve_window
 
 
 _KEEP = object()  # "leave this setting as it is" in SlicePredictor.configure
@@ -20,10 +21,12 @@ class SlicePredictor:
     """``set_image`` then ``predict``, like segment_anything's SamPredictor.
 
     Embeddings are cached in memory (least recently used evicted beyond
-    ``memory_mb``; float32 by default, so a memory hit is exact) and, with
-    ``cache_dir``, on disk (zarr; float16 by default, so a disk hit is
-    float16-rounded: see :mod:`napari_samlab.predict.cache`).  Keys are the
-    SHA-1 of the slice's pixels, the window and the model fingerprint.
+    ``memory_mb``) and, with ``cache_dir``, on disk (zarr); both keep what
+    the encoder computed, bit for bit, unless reduced precision is asked
+    for (``memory_dtype`` / ``disk_dtype="float16"``).  Keys are the SHA-1
+    of the slice's pixels, the window and :meth:`engine_key` (package
+    version, family, weights and checkpoint hashes, the encoder backend
+    actually used and its precision, device, input size, storage type).
 
     Parameters
     ----------
@@ -36,8 +39,11 @@ class SlicePredictor:
         On-disk embedding cache that survives restarts
         (:func:`napari_samlab.predict.cache.default_embedding_cache_dir` is
         the usual place).
-    disk_dtype : {"float16", "float32"}
-        Storage type of the on-disk cache.
+    disk_dtype : {"float32", "float16"}
+        Storage type of the on-disk cache: ``"float32"`` (default) stores the
+        embedding exactly; ``"float16"`` halves the disk use and rounds it
+        (part of the key; fresh encodes are then rounded the same way, so a
+        slice gives the same masks fresh or from the cache).
     memory_dtype : {"float32", "float16"}
         Storage type of the in-memory cache.  ``"float16"`` holds twice as
         many slices in the same memory; every slice is then decoded from
@@ -63,7 +69,7 @@ class SlicePredictor:
     """
 
     def __init__(self, model: SegmentationModel, memory_mb: float = DEFAULT_MEMORY_MB, cache_dir=None,
-                 disk_dtype: str = "float16", memory_dtype: str = "float32"):
+                 disk_dtype: str = "float32", memory_dtype: str = "float32"):
         self.model = model
         self._memory = MemoryCache(memory_mb, memory_dtype)
         self._disk: Optional[DiskCache] = None
@@ -120,11 +126,7 @@ class SlicePredictor:
             if target is None:
                 disk = None
             elif disk is None or Path(target).expanduser() != disk.root or disk_dtype != disk.dtype.name:
-                try:
-                    disk = DiskCache(target, disk_dtype)
-                except OSError as err:
-                    raise SamlabError(f"cannot use {target} for the embedding cache ({err.strerror or err}): "
-                                      "choose a folder you can write to") from None
+                disk = DiskCache(target, disk_dtype)  # refuses folders it cannot or must not write to
         # everything checked: apply
         if memory_dtype is not None:
             self._memory.dtype = memory_dtype
@@ -224,17 +226,12 @@ class SlicePredictor:
             raise SamlabError(f"set_image needs one 2D slice (y, x) or (y, x, C), got an array of shape {image.shape}: "
                               "pass volume[z] for a volume")
         win = resolve_window(window, image, self.model, modality)
-        # an accelerated encoder gives (slightly) different embeddings: own keys
-        model_key = self.model.fingerprint()
-        backend = getattr(self.model, "encoder_backend", "torch")
-        if backend != "torch":
-            model_key += f"+{backend}"
-        key = embedding_key(image, win.key() if win is not None else "none", model_key)
+        disk = self._disk  # one read: configure() may swap it from another thread
+        key = embedding_key(image, win.key() if win is not None else "none", self.engine_key(disk))
         emb = self._memory.get(key)
         if emb is not None:
             self.memory_hits += 1
         else:
-            disk = self._disk  # one read: configure() may swap it from another thread
             emb = disk.get(key) if disk is not None else None
             if emb is not None:
                 self.disk_hits += 1
@@ -243,6 +240,7 @@ class SlicePredictor:
                 self.encoder_calls += 1
                 if disk is not None:
                     disk.put(key, emb)
+                    emb = disk.stored_form(emb)  # the same values a later disk hit gives
             self._memory.put(key, emb)
             # as the cache holds it (float16-rounded in that mode): a slice
             # gives the same masks whether fresh or a later hit
@@ -253,6 +251,41 @@ class SlicePredictor:
         self.window = win
         self.key = key
         self.last_set_image_ms = (time.perf_counter() - t0) * 1000.0
+
+    def engine_key(self, disk=_KEEP) -> str:
+        """What identifies the engine in embedding cache keys.
+
+        Package version, family, the weights' fingerprint, the checkpoint
+        files' SHA-256 (``model.checkpoint_sha256``, set by ``load_model``),
+        the encoder backend that computes the embedding (``"auto"``
+        resolved: loading, or the first time exporting, the exported encoder
+        without running it) and its precision, the device, the model's input
+        size and the disk storage type.  Change any of them and the slice is
+        encoded again: an embedding made with one backend is never served to
+        another.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> predictor.engine_key()                                  # doctest: +SKIP
+        'samlab=0.1.0|family=medsam|weights=...|encoder=openvino/fp32|device=cpu|size=1024|storage=float32'
+        """
+        from .. import __version__
+        from ..models.backends import backend_precision
+
+        model = self.model
+        disk = self._disk if disk is _KEEP else disk
+        device = getattr(model, "device", "cpu")
+        in_use = model.encoder_in_use() if hasattr(model, "encoder_in_use") else getattr(model, "encoder_backend", None)
+        encoder = f"{in_use}/{backend_precision(in_use, device)}" if in_use is not None else "none"
+        return "|".join([
+            f"samlab={__version__}", f"family={getattr(model, 'family', '')}", f"weights={model.fingerprint()}",
+            f"files={getattr(model, 'checkpoint_sha256', None) or '-'}", f"encoder={encoder}", f"device={device}",
+            f"size={getattr(model, 'image_size', 0)}", f"storage={disk.storage if disk is not None else 'float32'}",
+        ])
 
     def reset_image(self) -> None:
         """Forget the current slice (the caches are kept)."""
@@ -301,47 +334,5 @@ class SlicePredictor:
         """
         if self._embedding is None:
             raise SamlabError("no slice is set: call set_image() before predict()")
-        prompt = validate_prompt(prompt, self._shape)
-        self.model.check_prompt(prompt, self._shape)
+        prompt = validate_prompt(prompt, self._shape, self.model)
         return self.model.decode(self._embedding, prompt)
-
-
-def validate_prompt(prompt: Prompt, shape: tuple) -> Prompt:
-    """Check that ``prompt`` is well-formed and inside a slice of ``shape``.
-
-    Used by :class:`SlicePredictor` and by the CLI (which checks before it
-    spends time encoding).  Returns a normalised copy (plain floats, one
-    label per point, labels 1 when omitted).
-
-    Examples
-    --------
-    >>> validate_prompt(Prompt(points=[(3, 4)]), (10, 10)).point_labels
-    [1]
-    """
-    h, w = shape[:2]
-    where = f"outside the {w}×{h} slice: give x 0..{w - 1}, y 0..{h - 1}"
-    box, points, labels = prompt.box, prompt.points, prompt.point_labels
-    if box is not None:
-        b = np.asarray(box, dtype=np.float64).ravel()
-        if b.size != 4 or not np.all(np.isfinite(b)):
-            raise SamlabError(f"a box needs four numbers x0 y0 x1 y1, got {box!r}")
-        x0, y0, x1, y1 = b
-        if x1 < x0 or y1 < y0:
-            raise SamlabError(f"box {tuple(b.tolist())} is empty (x1 < x0 or y1 < y0): give the top-left corner first (x0 y0 x1 y1)")
-        if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
-            raise SamlabError(f"box {tuple(b.tolist())} is outside the image ({where})")
-        box = tuple(v.item() if hasattr(v, "item") else v for v in np.asarray(box).ravel())
-    if points is not None and len(points):
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        bad = (p[:, 0] < 0) | (p[:, 1] < 0) | (p[:, 0] > w - 1) | (p[:, 1] > h - 1) | ~np.isfinite(p).all(1)
-        if bad.any():
-            raise SamlabError(f"point {tuple(p[bad][0].tolist())} is outside the image ({where})")
-        labels = [1] * len(p) if labels is None else [int(v) for v in labels]
-        if len(labels) != len(p):
-            raise SamlabError(f"{len(p)} points but {len(labels)} point labels: give one label (1 object, 0 background) per point")
-        if any(v not in (0, 1) for v in labels):
-            raise SamlabError(f"point labels must be 1 (object) or 0 (background), got {labels}")
-        points = [tuple(q) for q in p.tolist()]
-    else:
-        points, labels = None, None
-    return Prompt(box, points, labels, prompt.mask_input, prompt.multimask)

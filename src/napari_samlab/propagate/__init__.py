@@ -6,21 +6,14 @@ Examples
 >>> res = propagate_from_prompt(predictor, vol, 30, Prompt(box=(10, 20, 60, 80)))  # doctest: +SKIP
 >>> res.flagged_slices()                                                           # doctest: +SKIP
 """
-from .core import (
-    DEFAULT_STRATEGIES,
-    PropagationResult,
-    PropagationSettings,
-    default_strategy,
-    propagate_from_prompt,
-    propagate_volume,
-    repropagate,
-)
+from .core import propagate_from_prompt, propagate_volume, repropagate
+from .settings import PropagationResult, PropagationSettings
+from .strategy import default_strategy
 from .interpolate import INTERPOLATION_METHODS, interpolate_slices, signed_distance
 from .plan import PropagationPlan, encode_slices, next_slices_to_encode, visit_order
 from .quality import FLAGS, STOP_REASONS, SliceRecord, StopInfo, dice, iou
 
 __all__ = [
-    "DEFAULT_STRATEGIES",
     "FLAGS",
     "INTERPOLATION_METHODS",
     "PropagationPlan",

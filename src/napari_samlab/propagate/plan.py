@@ -278,7 +278,7 @@ def encode_slices(predictor, volume: np.ndarray, zs: Iterable[int], window="auto
     >>> encode_slices(predictor, vol, next_slices_to_encode({30: p}, 4, n_slices=len(vol)))  # doctest: +SKIP
     4
     """
-    from ..predict.windowing import resolve_window
+    from ..base.windowing import resolve_window
 
     win = resolve_window(window, volume, predictor.model, modality)
     before = predictor.encoder_calls

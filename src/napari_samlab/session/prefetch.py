@@ -5,7 +5,7 @@ While the user looks at a slice of a volume, the slice and its neighbours
 propagation the slices next in its schedule, are encoded in a low-priority
 thread so later prompts find their embeddings cached.  The user's own work
 always wins: :meth:`Prefetcher.stop` cancels the encode in progress
-(:func:`~napari_samlab.models.base.cancellable`) so the model lock is free
+(:func:`~napari_samlab.base.cancel.cancellable`) so the model lock is free
 within moments.  No napari, no Qt: the widget only decides when to call it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import Cancelled
-from ..models.base import cancellable
+from ..base.cancel import cancellable
 
 log = logging.getLogger(__name__)
 

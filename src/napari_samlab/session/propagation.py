@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..errors import SamlabError
-from ..models.base import cancellable
+from ..base.cancel import cancellable
 from ..propagate import PropagationResult, interpolate_slices, propagate_volume, repropagate
 
 

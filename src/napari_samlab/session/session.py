@@ -24,8 +24,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import SamlabError
-from ..models.base import Prompt
-from ..predict.windowing import resolve_window
+from ..base.prompts import Prompt
+from ..base.windowing import resolve_window
 from ..propagate import PropagationResult, PropagationSettings, next_slices_to_encode
 from ..propagate.plan import slices_around
 from .model import ModelSession
@@ -124,7 +124,7 @@ class Session:
     def set_window(self, preset="auto", level: Optional[float] = None, width: Optional[float] = None):
         """Choose the model input window: ``auto``, ``none``, a preset (``ct-lung``...) or ``level``/``width``.
 
-        Returns the resolved :class:`~napari_samlab.predict.windowing.Window` (None = values as they are).
+        Returns the resolved :class:`~napari_samlab.base.windowing.Window` (None = values as they are).
         """
         spec = (float(level), float(width)) if level is not None and width is not None else preset
         self._window_spec = spec

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..models.base import Prompt
+from ..base.prompts import Prompt
 from ._plane import Plane
 
 log = logging.getLogger(__name__)

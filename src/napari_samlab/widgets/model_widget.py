@@ -14,12 +14,13 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import SamlabError
+from ..models.families import family_names
 from ..predict.cache import cache_usage, clear_cache_folder, default_cache_dirs, default_embedding_cache_dir, format_bytes
 from ._common import Notifier, alive, wait_until
 from ._compat import avoid_triton_llvm_clash
 from ._session import ModelSession, session_for
 
-FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
+FAMILIES = family_names()
 AUTO = "auto (from checkpoint)"
 CKPT_FILTER = "Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.pth.tar);;All files (*)"
 HALF_PRECISION = "half-precision embeddings (saves memory, masks may differ at edges)"

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from ..errors import SamlabError
-from ..models.base import Prompt
+from ..base.prompts import Prompt
 from ..session.segments import Action
 from ._plane import Plane, box_on_plane, current_plane, spatial_shape, to_image_data
 

@@ -204,7 +204,7 @@ class SegmentationWidget(QWidget):
 
     @property
     def window(self):
-        """The resolved :class:`~napari_samlab.predict.windowing.Window` (None = values as they are)."""
+        """The resolved :class:`~napari_samlab.base.windowing.Window` (None = values as they are)."""
         return self.source.resolved_window()
 
     def set_image_layer(self, layer) -> None:

@@ -15,7 +15,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..errors import SamlabError
-from ..predict.windowing import PRESET_NAMES, resolve_window
+from ..base.windowing import PRESET_NAMES, resolve_window
 from ._plane import layer_array, spatial_shape
 
 WINDOW_CHOICES = (*PRESET_NAMES, "manual")

@@ -111,17 +111,19 @@ def ct_window(image: np.ndarray, level: float, width: float, out="uint8", name="
     return Window(lo, hi, out, False, name)
 
 
-def default_auto_window(image: np.ndarray, family: str, modality: Optional[str] = None) -> Optional[Window]:
-    """The family's own preprocessing for ``window="auto"``.
+def default_auto_window(image: np.ndarray, modality: Optional[str] = None) -> Optional[Window]:
+    """The shared ``window="auto"`` preprocessing (families may declare their own).
 
-    MedSAM/LiteMedSAM: CT level 40 width 400 and MR 0.5–99.5 percentiles, to
-    uint8.  SAMed: HU clipped to [-125, 275] divided into [0, 1].  Natural
-    8-bit images pass through unchanged; other natural images (16-bit
-    microscopy) get a percentile window.
+    CT level 40 width 400 and MR 0.5–99.5 percentiles, to uint8 (MedSAM's
+    recipe).  Natural 8-bit images pass through unchanged; other natural
+    images (16-bit microscopy) get a percentile window.
+
+    Examples
+    --------
+    >>> default_auto_window(np.array([[-1000, 40], [400, 1000]], np.int16)).name
+    'ct-abdomen'
     """
     kind = guess_modality(image, modality)
-    if family == "samed" and kind == "CT":
-        return Window(-125.0, 275.0, "unit", False, "samed-ct")
     if kind == "CT":
         return ct_window(image, 40.0, 400.0, "uint8", "ct-abdomen")
     if kind == "MR":
@@ -152,7 +154,7 @@ def resolve_window(window: Union[str, tuple, Window, None], image: np.ndarray, m
     if name == "auto":
         if model is not None:
             return model.auto_window(image, modality)
-        return default_auto_window(image, "", modality)
+        return default_auto_window(image, modality=modality)
     if name in CT_PRESETS:
         level, width = CT_PRESETS[name]
         return Window(level - width / 2, level + width / 2, "uint8", False, name)
