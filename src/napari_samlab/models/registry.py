@@ -24,14 +24,16 @@ from typing import Optional, Union
 from ..errors import SamlabError
 from .base import SegmentationModel
 
-FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
+FAMILIES = ("classic", "sam", "medsam", "litemedsam", "samed", "msa", "medsam2", "sam2")
 _ALIASES = {
     "lite_medsam": "litemedsam", "medsam-lite": "litemedsam", "medsam_lite": "litemedsam", "lite-medsam": "litemedsam",
     "mobilesam": "sam", "mobile_sam": "sam", "vit_t": "sam", "sam_vit_b": "sam", "sam_vit_l": "sam", "sam_vit_h": "sam",
     "medical-sam-adapter": "msa", "samed_h": "samed", "samed_s": "samed",
+    "medsam-2": "medsam2", "medsam_2": "medsam2", "sam2.1": "sam2", "sam-2": "sam2", "sam_2": "sam2",
 }
 _PRETTY = {"sam": "SAM", "medsam": "MedSAM", "litemedsam": "LiteMedSAM", "samed": "SAMed", "msa": "MSA (Medical SAM Adapter)",
-           "classic": "classic", "sam-or-medsam": "SAM/MedSAM"}
+           "classic": "classic", "sam-or-medsam": "SAM/MedSAM",
+           "medsam2": "MedSAM2", "sam2": "SAM 2", "sam2-or-medsam2": "SAM 2.1 hiera-tiny / MedSAM2"}
 
 
 @dataclass
@@ -126,6 +128,11 @@ def detect_family(state_dict: dict) -> FamilyInfo:
     n = _nparams(sd)
     keys = list(sd)
 
+    det = _external_detector("medsam2", "detect_sam2")  # SAM 2 / MedSAM2 (models/medsam2.py)
+    found = det(sd) if det is not None else None
+    if found is not None:
+        return _info_from_dict(found.pop("family"), found, n)
+
     if any(k.startswith("w_a_") for k in keys):
         det = _external_detector("samed", "detect_samed")
         found = det(sd) if det is not None else None
@@ -207,6 +214,10 @@ def _flag(family: str) -> str:
 def _check_compatible(name: str, info: FamilyInfo, family: Optional[str]) -> str:
     """The family to build: the user's choice if the file allows it."""
     det = info.family
+    if det in ("sam2", "sam2-or-medsam2"):
+        from .medsam2 import check_family_fits
+
+        return check_family_fits(name, dict(asdict(info), **info.details), family)
     if family is None:
         if det == "sam-or-medsam":
             raise SamlabError(
@@ -288,7 +299,8 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         raise SamlabError(f"unknown encoder backend {backend!r}: use one of {', '.join(ENCODER_BACKENDS)}")
     if checkpoint is None:
         names = {"medsam": "medsam_vit_b.pth", "litemedsam": "lite_medsam.pth", "sam": "sam_vit_b_01ec64.pth",
-                 "samed": "the SAMed LoRA .pth", "msa": "the MSA .pth"}
+                 "samed": "the SAMed LoRA .pth", "msa": "the MSA .pth", "medsam2": "MedSAM2_latest.pt",
+                 "sam2": "sam2.1_hiera_tiny.pt"}
         raise SamlabError(f"--model {family} needs its weights: pass --checkpoint {names.get(family, 'FILE')}")
     from .checkpoint import load_checkpoint
 
@@ -340,6 +352,10 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
         from .msa import build_msa
 
         model = build_msa(state_dict, device=device)
+    elif fam in ("medsam2", "sam2"):
+        from .medsam2 import build_sam2_family
+
+        model = build_sam2_family(state_dict, fam, name, weights_fingerprint(state_dict), device)
     elif fam == "litemedsam":
         from .litemedsam import build_litemedsam
 
@@ -396,6 +412,7 @@ def describe_checkpoint(path: Union[str, os.PathLike]) -> dict:
     notes = {
         "sam-or-medsam": "SAM and MedSAM share this layout: choose with --model sam or --model medsam",
         "samed": "LoRA weights only: needs the original SAM checkpoint via --base-checkpoint",
+        "sam2-or-medsam2": "MedSAM2 (512 px) and SAM 2.1 tiny (1024 px) share this layout: choose with --model medsam2 or --model sam2",
     }
     if info.family == "sam" and info.backbone == "vit_t":
         notes["sam"] = "MobileSAM: runs with --model sam (SAM preprocessing)"
