@@ -271,6 +271,36 @@ class Sam2Model(SegmentationModel):
     def describe(self) -> str:
         return f"{PRETTY.get(self.family, self.family)} ({ARCHITECTURES[self.arch]['label']}, SAM {self.version}, {self.image_size} px)"
 
+    # -- image encoder backend -------------------------------------------
+    def prepare_encoder(self) -> str:
+        """Route the image encoder through ``encoder_backend`` (models/accel.py); returns the backend in use.
+
+        ``"torch"`` keeps the package's module.  Other backends export the
+        Hiera trunk + FPN neck + the decoder's two high-resolution
+        projections as one graph (cached on disk, checked against PyTorch
+        when exported); ``"auto"`` falls back to torch when no export
+        matches.  Exports run on the CPU only.
+        """
+        backend = self.encoder_backend if self.device == "cpu" else "torch"
+        if backend == "torch":
+            self.net.samlab_encoder, self.net.samlab_encoder_backend = None, "torch"
+            return "torch"
+        if self.net.samlab_encoder is not None and self.net.samlab_encoder_backend == backend:
+            return backend
+        from .accel import accelerated_encoder
+        from .sam2_engine import PackedImageEncoder
+
+        packed = PackedImageEncoder(self.net)
+        size = self.image_size
+        accel = accelerated_encoder(packed, (1, 3, size, size), backend=backend, weights_key=self.fingerprint())
+        if accel.backend == "torch":
+            self.net.samlab_encoder, self.net.samlab_encoder_backend = None, "torch"
+            return "torch"
+        self.net.samlab_encoder = lambda x: packed.unpack(accel(x.contiguous()), x.shape[0])
+        self.net.samlab_encoder_backend = backend
+        self.last_encoder_backend = accel.backend
+        return accel.backend
+
     # -- 2D path ---------------------------------------------------------
     def encode(self, image: np.ndarray) -> dict:
         """Image features of one windowed slice (uint8 (H, W) or (H, W, 3))."""

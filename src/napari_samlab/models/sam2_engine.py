@@ -88,6 +88,35 @@ def fill_small_holes(logits: torch.Tensor, max_area: int) -> torch.Tensor:
     return torch.where(fill, torch.tensor(0.1, dtype=logits.dtype, device=logits.device), logits)
 
 
+class PackedImageEncoder(torch.nn.Module):
+    """``forward_image`` as one tensor out: Hiera + FPN neck + ``conv_s0``/``conv_s1``, flattened and joined.
+
+    Exporters (models/accel.py) take a one-output graph; :meth:`unpack`
+    splits the result back into the three feature maps.
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        self.image_encoder = net.image_encoder
+        self.conv_s0 = net.sam_mask_decoder.conv_s0
+        self.conv_s1 = net.sam_mask_decoder.conv_s1
+        s = int(net.image_size)
+        self.shapes = [(self.conv_s0.out_channels, s // 4, s // 4), (self.conv_s1.out_channels, s // 8, s // 8),
+                       (int(net.hidden_dim), s // 16, s // 16)]
+
+    def forward(self, x):
+        fpn = self.image_encoder(x)["backbone_fpn"]
+        return torch.cat([self.conv_s0(fpn[0]).flatten(1), self.conv_s1(fpn[1]).flatten(1), fpn[2].flatten(1)], 1)
+
+    def unpack(self, flat: torch.Tensor, batch: int = 1) -> list:
+        out, start = [], 0
+        for c, h, w in self.shapes:
+            n = c * h * w
+            out.append(flat[:, start:start + n].reshape(batch, c, h, w))
+            start += n
+        return out
+
+
 class Sam2VideoEngine(SAM2VideoPredictor):
     """The package's ``SAM2VideoPredictor`` run from in-memory frames (see module doc).
 

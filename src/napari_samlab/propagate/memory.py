@@ -207,6 +207,7 @@ class MemorySession:
             vol = vol[None]  # a 2D image is a one-slice volume; RGB images come as (1, y, x, 3)
         self.model = model
         self.net = model.net
+        model.prepare_encoder()
         self.window = resolve_window(window, vol, model, modality)
         self.frames_u8 = volume_to_uint8(vol, self.window)
         self.depth = int(vol.shape[0])
