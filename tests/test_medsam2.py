@@ -151,7 +151,12 @@ def files(tmp_path_factory):
     img = sitk.GetImageFromArray(vol)
     img.SetSpacing((0.8, 0.8, 2.5))
     sitk.WriteImage(img, str(d / "blob.nii.gz"))
-    return {"dir": d, "vol": vol, "image": d / "blob.nii.gz", "ckpt": write_checkpoint(d / "MedSAM2_test.pt")}
+    ckpt = write_checkpoint(d / "MedSAM2_test.pt")
+    with pytest.MonkeyPatch.context() as mp:  # the references once per module: they are the slow part
+        mp.setitem(m2.ARCHITECTURES, "test", TEST_ARCH)
+        ref = reference_medsam2(ckpt, vol, KEY, BOX, mp)
+        ref_key = reference_medsam2(ckpt, vol, KEY, BOX, mp, propagate=False)
+    return {"dir": d, "vol": vol, "image": d / "blob.nii.gz", "ckpt": ckpt, "ref": ref, "ref_key": ref_key}
 
 
 def run_cli(capsys, *args):
@@ -160,13 +165,13 @@ def run_cli(capsys, *args):
 
 
 # ----------------------------------------------------------------------
-def test_cli_propagation_matches_medsam2_reference(files, tmp_path, capsys, monkeypatch):
+def test_cli_propagation_matches_medsam2_reference(files, tmp_path, capsys):
     out = tmp_path / "mask.nii.gz"
     code, err = run_cli(capsys, "segment", files["image"], "-o", out, "--model", "medsam2", "--checkpoint", files["ckpt"],
                         "--slice", KEY, "--box", *BOX, "--propagate", "--window", "none")
     assert code == 0, err
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-    ref = reference_medsam2(files["ckpt"], files["vol"], KEY, BOX, monkeypatch)
+    ref = files["ref"]
     others = [z for z in np.flatnonzero(ref.any(axis=(1, 2))) if z != KEY]
     assert len(others) >= 3, "the reference must reach several slices besides the key slice"
     assert dice(ours, ref) >= 0.99
@@ -174,13 +179,13 @@ def test_cli_propagation_matches_medsam2_reference(files, tmp_path, capsys, monk
     assert sitk.ReadImage(str(out)).GetSpacing() == pytest.approx((0.8, 0.8, 2.5))
 
 
-def test_key_slice_only_without_propagate(files, tmp_path, capsys, monkeypatch):
+def test_key_slice_only_without_propagate(files, tmp_path, capsys):
     out = tmp_path / "slice.nii.gz"
     code, err = run_cli(capsys, "segment", files["image"], "-o", out, "--model", "medsam2", "--checkpoint", files["ckpt"],
                         "--slice", KEY, "--box", *BOX, "--window", "none")
     assert code == 0, err
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-    ref = reference_medsam2(files["ckpt"], files["vol"], KEY, BOX, monkeypatch, propagate=False)
+    ref = files["ref_key"]
     assert ours[KEY].any() and not np.delete(ours, KEY, axis=0).any()
     assert np.array_equal(ours, ref)
 
@@ -203,6 +208,34 @@ def test_session_correction_repropagates_from_the_corrected_slice(files):
     assert np.array_equal(after[:5], first[:5])
     assert not np.array_equal(after[5:], first[5:])
     assert len(encoded) <= depth - 5, "re-propagation must start at the corrected slice, not from scratch"
+
+
+def test_cpu_hole_filling_matches_upstream_kernel_rule():
+    """fill_small_holes == sam2's fill_holes_in_mask_scores with the CUDA kernel's 8-connected components."""
+    import sam2.utils.misc as misc
+
+    from napari_samlab.models.sam2_engine import fill_small_holes
+
+    rng = np.random.RandomState(0)
+    logits = torch.from_numpy(rng.randn(3, 1, 40, 40).astype(np.float32) + 0.8)  # many small background specks
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(misc, "get_connected_components", _cpu_connected_components)
+        expected = misc.fill_holes_in_mask_scores(logits.clone(), 8)
+    got = fill_small_holes(logits.clone(), 8)
+    assert not torch.equal(expected, logits), "the input must have holes to fill"
+    assert torch.equal(got, expected)
+
+
+def test_slice_predictor_2d_path(files):
+    from napari_samlab import SlicePredictor
+    from napari_samlab.models.registry import load_model
+    from napari_samlab.propagate.memory import keep_largest_component
+
+    predictor = SlicePredictor(load_model(files["ckpt"], family="medsam2"))
+    predictor.set_image(files["vol"][KEY], window="none")
+    mask, score = predictor.predict(box=BOX)
+    assert np.array_equal(keep_largest_component(mask), files["ref_key"][KEY])
+    assert 0.0 <= score <= 1.0
 
 
 def test_window_none_needs_0_255_and_auto_clips_ct(files):
@@ -280,7 +313,7 @@ def test_box_on_empty_slice_is_refused(files, tmp_path, capsys):
            "--slice", 0, "--box", *BOX, "--propagate", "--window", "none")
 
 
-def test_one_slice_volume_is_2d(files, tmp_path, capsys, monkeypatch):
+def test_one_slice_volume_is_2d(files, tmp_path, capsys):
     path = tmp_path / "one.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(files["vol"][KEY:KEY + 1]), str(path))
     _fails(capsys, tmp_path / "o.nii.gz", "single slice", path, "--model", "medsam2", "--checkpoint", files["ckpt"],
@@ -290,5 +323,5 @@ def test_one_slice_volume_is_2d(files, tmp_path, capsys, monkeypatch):
                         "--box", *BOX, "--window", "none")
     assert code == 0, err
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
-    ref = reference_medsam2(files["ckpt"], files["vol"], KEY, BOX, monkeypatch, propagate=False)[KEY]
+    ref = files["ref_key"][KEY]
     assert ours.shape == (1,) + ref.shape and np.array_equal(ours[0], ref)
