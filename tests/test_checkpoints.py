@@ -151,8 +151,10 @@ def test_wrong_family_messages(tmp_path, sam_sd, lite_sd):
         load_model(sam, family="litemedsam")
     with pytest.raises(SamlabError, match="MedSAM and plain SAM share this layout: pass --model medsam or --model sam"):
         load_model(sam)
-    with pytest.raises(SamlabError, match="unknown model 'medsam2'"):
-        load_model(sam, family="medsam2")
+    with pytest.raises(SamlabError, match="not MedSAM2: use --model sam or --model medsam"):
+        load_model(sam, family="medsam2")  # a SAM 1 file is not MedSAM2 (issue 13)
+    with pytest.raises(SamlabError, match="unknown model 'medsam3'"):
+        load_model(sam, family="medsam3")
     with pytest.raises(SamlabError, match="needs its weights: pass --checkpoint"):
         load_model(family="medsam")
     with pytest.raises(SamlabError, match="classic engine needs no checkpoint"):
