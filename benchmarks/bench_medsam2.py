@@ -176,7 +176,10 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-medsam2-"))
     work.mkdir(parents=True, exist_ok=True)
     ckpt, vol = make_inputs(work, args.slices)
-    print(f"MedSAM2 hiera-tiny 512 px, random weights; {args.slices} slices of 512x512; torch threads: {os.cpu_count()} cores")
+    import torch
+
+    print(f"MedSAM2 hiera-tiny 512 px, random weights; {args.slices} slices of 512x512; "
+          f"torch threads {torch.get_num_threads()} of {os.cpu_count()} cores")
     up = spawn("upstream", ckpt, vol, args.slices, "torch", work / "up.npy")
     us = spawn("samlab", ckpt, vol, args.slices, args.encoder, work / "us.npy")
     a, b = np.load(work / "up.npy"), np.load(work / "us.npy")
