@@ -75,7 +75,7 @@ def _window_uint8(vol):
     return np.uint8((x - np.min(x)) / (np.max(x) - np.min(x)) * 255.0)
 
 
-def run_upstream(ckpt, vol_path, key, box) -> np.ndarray:
+def run_upstream(ckpt, vol_path, key, box, track=0) -> np.ndarray:
     import SimpleITK as sitk
     import torch
     from hydra.utils import instantiate
@@ -112,8 +112,10 @@ def run_upstream(ckpt, vol_path, key, box) -> np.ndarray:
     with torch.inference_mode():
         state = predictor.init_state("in-memory")
         predictor.add_new_points_or_box(state, frame_idx=key, obj_id=1, box=np.array(box))
-        for z, _, logits in predictor.propagate_in_video(state):
+        for n, (z, _, logits) in enumerate(predictor.propagate_in_video(state), 1):
             segs[z, (logits[0] > 0.0).numpy()[0]] = 1
+            if track and n >= track:
+                return segs  # memory run: the peak is set by the frames and the first slices
         predictor.reset_state(state)
         predictor.add_new_points_or_box(state, frame_idx=key, obj_id=1, box=np.array(box))
         for z, _, logits in predictor.propagate_in_video(state, reverse=True):
@@ -124,7 +126,11 @@ def run_upstream(ckpt, vol_path, key, box) -> np.ndarray:
     return segs
 
 
-def run_samlab(ckpt, vol_path, key, box, encoder) -> np.ndarray:
+def run_samlab(ckpt, vol_path, key, box, encoder, track=0) -> np.ndarray:
+    import threading
+
+    from napari_samlab.errors import Cancelled
+
     from napari_samlab import read_image
     from napari_samlab.models.base import Prompt
     from napari_samlab.models.registry import load_model
@@ -132,7 +138,17 @@ def run_samlab(ckpt, vol_path, key, box, encoder) -> np.ndarray:
 
     model = load_model(ckpt, family="medsam2", encoder_backend=encoder)
     image = read_image(vol_path)
-    return segment_with_memory(model, image.array, key, Prompt(box=box), window="ct-abdomen").astype(np.uint8)
+    stop = threading.Event()
+
+    def progress(z, done, total):
+        if track and done >= track:
+            stop.set()
+
+    try:
+        return segment_with_memory(model, image.array, key, Prompt(box=box), window="ct-abdomen",
+                                   progress=progress, cancel=stop).astype(np.uint8)
+    except Cancelled:  # memory run: stopped after `track` slices
+        return np.zeros(image.array.shape, np.uint8)
 
 
 def child(args) -> None:
@@ -140,18 +156,18 @@ def child(args) -> None:
     box = (200, 190, 340, 310)
     t0 = time.perf_counter()
     if args.child == "upstream":
-        mask = run_upstream(args.ckpt, args.vol, key, box)
+        mask = run_upstream(args.ckpt, args.vol, key, box, args.track)
     else:
-        mask = run_samlab(args.ckpt, args.vol, key, box, args.encoder)
+        mask = run_samlab(args.ckpt, args.vol, key, box, args.encoder, args.track)
     seconds = time.perf_counter() - t0
     np.save(args.out, mask.astype(bool))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb, "slices": int(mask.shape[0])}))
 
 
-def spawn(kind, ckpt, vol, slices, encoder, out) -> dict:
+def spawn(kind, ckpt, vol, slices, encoder, out, track=0) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--ckpt", str(ckpt), "--vol", str(vol), "--slices-in", str(slices),
-           "--encoder", encoder, "--out", str(out)]
+           "--encoder", encoder, "--out", str(out), "--track", str(track)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{res.stderr[-3000:]}")
@@ -163,7 +179,12 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=100)
     p.add_argument("--memory-slices", type=int, default=0, help="also measure our peak RSS on a volume this deep")
     p.add_argument("--encoder", default="torch", help="our encoder backend (torch, auto, openvino, onnxruntime)")
+    p.add_argument("--memory-track", type=int, default=0,
+                   help="memory run only: stop after this many propagated slices (0: the whole volume); the per-slice "
+                        "state SAM 2 keeps (~0.2 MB) is then not fully counted")
+    p.add_argument("--skip-speed", action="store_true", help="only the memory run")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--track", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child", choices=("upstream", "samlab"), help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--vol", help=argparse.SUPPRESS)
@@ -180,6 +201,8 @@ def main() -> None:
 
     print(f"MedSAM2 hiera-tiny 512 px, random weights; {args.slices} slices of 512x512; "
           f"torch threads {torch.get_num_threads()} of {os.cpu_count()} cores")
+    if args.skip_speed:
+        return memory_run(args, work, ckpt)
     up = spawn("upstream", ckpt, vol, args.slices, "torch", work / "up.npy")
     us = spawn("samlab", ckpt, vol, args.slices, args.encoder, work / "us.npy")
     a, b = np.load(work / "up.npy"), np.load(work / "us.npy")
@@ -189,11 +212,17 @@ def main() -> None:
     print(f"{'napari-samlab (' + args.encoder + ')':<28}{us['seconds'] / args.slices:>10.2f}{us['peak_rss_mb']:>14.0f}")
     print(f"speed ratio upstream/samlab: {up['seconds'] / us['seconds']:.2f}x; masks: Dice {d:.4f}, identical {np.array_equal(a, b)}, "
           f"{int(a.any(axis=(1, 2)).sum())} slices non-empty")
-    if args.memory_slices:
-        _, vol_m = make_inputs(work, args.memory_slices)
-        mem = spawn("samlab", ckpt, vol_m, args.memory_slices, args.encoder, work / "mem.npy")
-        print(f"{args.memory_slices} slices, napari-samlab: peak RSS {mem['peak_rss_mb']:.0f} MB "
-              f"({mem['seconds'] / args.memory_slices:.2f} s/slice)")
+    memory_run(args, work, ckpt)
+
+
+def memory_run(args, work, ckpt) -> None:
+    if not args.memory_slices:
+        return
+    _, vol_m = make_inputs(work, args.memory_slices)
+    part = f", stopped after {args.memory_track} propagated slices" if args.memory_track else ""
+    for kind, encoder in (("upstream", "torch"), ("samlab", args.encoder)):
+        mem = spawn(kind, ckpt, vol_m, args.memory_slices, encoder, work / f"mem_{kind}.npy", args.memory_track)
+        print(f"{args.memory_slices} slices{part}, {kind}: peak RSS {mem['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

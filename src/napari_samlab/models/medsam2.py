@@ -292,7 +292,11 @@ class Sam2Model(SegmentationModel):
 
         packed = PackedImageEncoder(self.net)
         size = self.image_size
-        accel = accelerated_encoder(packed, (1, 3, size, size), backend=backend, weights_key=self.fingerprint())
+        import torch
+
+        # as many threads as PyTorch uses (OMP_NUM_THREADS, torch.set_num_threads): like for like
+        accel = accelerated_encoder(packed, (1, 3, size, size), backend=backend, weights_key=self.fingerprint(),
+                                    threads=torch.get_num_threads())
         if accel.backend == "torch":
             self.net.samlab_encoder, self.net.samlab_encoder_backend = None, "torch"
             return "torch"
