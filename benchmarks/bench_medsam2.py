@@ -22,6 +22,12 @@ Usage::
     python benchmarks/bench_medsam2.py                 # 100 slices (slow on 2 cores: ~8 s per slice per pipeline)
     python benchmarks/bench_medsam2.py --slices 8      # shortened
     python benchmarks/bench_medsam2.py --slices 8 --memory-slices 300
+    python benchmarks/bench_medsam2.py --skip-speed --memory-slices 300 --memory-track 3   # memory only, quick
+
+Measured (2-core CPU under load, OMP_NUM_THREADS=1, 4 Dec 2026): 6 slices: upstream 7.92 s/slice,
+napari-samlab 6.66 s/slice (1.19x), masks identical; 300 slices stopped after 3: peak RSS upstream
+4654 MB, napari-samlab 1537 MB.  ``--encoder openvino``: identical masks, encoder ~5% faster than
+PyTorch on Hiera-tiny (3.3 s vs 3.5 s per encode).
 """
 from __future__ import annotations
 
