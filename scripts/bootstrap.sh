@@ -55,6 +55,12 @@ fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
+  # sam2 (MedSAM2 / SAM 2.1) is an sdist whose build imports torch: torch first, then
+  # sam2 built against it without its CUDA extension (SAM2_BUILD_CUDA=0; models/sam2_engine.py
+  # does the extension's hole filling on the CPU), then the package
+  "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+  "$VENV/bin/python" -c "import sam2" >/dev/null 2>&1 || \
+    SAM2_BUILD_CUDA=0 "$VENV/bin/python" -m pip install -q --no-build-isolation "sam2==1.1.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   echo "$want" > "$STAMP"
 fi

@@ -163,7 +163,8 @@ def test_wrong_family_messages(tmp_path, sam_sd, lite_sd):
     assert re.fullmatch(r"medsam_vit_b.pth is a \S+ state dict of the SAM/MedSAM layout, not LiteMedSAM: "
                         r"choose --model sam or --model medsam", cli(load_model, sam, family="litemedsam"))
     assert "SAM and MedSAM share this layout: choose --model sam or --model medsam" in cli(load_model, sam)
-    assert "unknown model 'medsam2'" in cli(load_model, sam, family="medsam2")
+    assert "not MedSAM2" in cli(load_model, sam, family="medsam2")  # a SAM 1 file is not MedSAM2 (issue 13)
+    assert "unknown model 'medsam3'" in cli(load_model, sam, family="medsam3")
     assert "needs its weights: pass --checkpoint PATH" in cli(load_model, family="medsam")
     assert "classic engine needs no checkpoint" in cli(load_model, sam, family="classic")
     assert load_model(sam, family="MedSAM").family == "medsam"

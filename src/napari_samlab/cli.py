@@ -250,6 +250,8 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
     if predictor is None:
         predictor = SlicePredictor(model, cache_dir=args.cache_dir, disk_dtype=args.cache_dtype)
     labels = np.zeros(image.spatial_shape, np.uint16 if args.label > 255 or model.num_classes > 255 else np.uint8)
+    if getattr(model, "memory_propagation", False):  # MedSAM2 / SAM 2: the video predictor's memory
+        return _segment_with_memory(image, model, args, window, labels)
 
     if not model.needs_prompt:  # SAMed: classes on every slice, no prompt
         if args.box is not None or args.point or args.negative:
@@ -307,6 +309,43 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
         labels[args.slice][pred.mask] = args.label
     else:
         labels[pred.mask] = args.label
+    return labels
+
+
+def _segment_with_memory(image, model, args, window, labels) -> np.ndarray:
+    """MedSAM2's 3D pipeline (propagate/memory.py); a one-slice volume or 2D image is one frame."""
+    from .propagate.memory import segment_with_memory
+
+    if args.box is None and not args.point:
+        raise SamlabError("no prompt given: add --box X0 Y0 X1 Y1 or --point X Y (negatives need a box or a positive point)")
+    volume = image.array
+    is3d = image.spatial_ndim == 3
+    if is3d and volume.shape[0] == 1:
+        if args.propagate:
+            raise SamlabError("IMAGE has a single slice: there is nothing to propagate to; drop --propagate to segment it in 2D")
+        is3d, volume = False, volume[0]
+    if is3d:
+        if args.slice is None:
+            raise SamlabError(f"IMAGE is a volume of {volume.shape[0]} slices: say which slice carries the prompt with --slice Z")
+        _check_slice(args.slice, volume.shape[0])
+        z = args.slice
+    else:
+        if args.slice not in (None, 0):
+            raise SamlabError("IMAGE is 2D: leave out --slice (or use --slice 0)")
+        if args.propagate:
+            raise SamlabError("--propagate needs a volume; IMAGE is 2D")
+        volume, z = volume[None], 0
+    prompt = _prompt_from_args(args, volume.shape[1:3])
+    t0 = time.perf_counter()
+    mask = segment_with_memory(model, volume, z, prompt, window=window, propagate=args.propagate,
+                               modality=image.metadata.get("modality"))
+    labels[mask.reshape(labels.shape)] = args.label
+    if args.propagate:
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        extent = f"slices {zs.min()}..{zs.max()}" if zs.size else "no slices"
+        print(f"propagated with the model's memory over {extent} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if not mask.any():
+        print("samlab: note: the model found no object for this prompt", file=sys.stderr)
     return labels
 
 

@@ -40,7 +40,7 @@ def prompt_kinds(model) -> Tuple[bool, bool, bool]:
             bool(getattr(model, "supports_points", True)))
 
 
-def validate_prompt(prompt: Prompt, shape: tuple, model=None, where: str = "") -> Prompt:
+def validate_prompt(prompt: Prompt, shape: tuple, model=None, where: str = "", correction: bool = False) -> Prompt:
     """Check that ``prompt`` is well-formed, inside a slice of ``shape`` and usable by ``model``.
 
     Parameters
@@ -53,6 +53,9 @@ def validate_prompt(prompt: Prompt, shape: tuple, model=None, where: str = "") -
         are checked too; without it only the geometry is.
     where : str
         Added to the message, e.g. ``" on slice 12"``.
+    correction : bool
+        The prompt corrects an object the engine already tracks (SAM 2's
+        memory): background points alone are then a valid prompt.
 
     Returns
     -------
@@ -106,7 +109,7 @@ def validate_prompt(prompt: Prompt, shape: tuple, model=None, where: str = "") -
             raise PromptError(f"point {tuple(p[i].tolist())}{where} is outside the image ({w}×{h} slice)",
                               "point" if labels[i] else "negative", inside)
         points = [tuple(q) for q in p.tolist()]
-        if box is None and not any(labels):
+        if box is None and not any(labels) and not correction:
             raise PromptError(f"only background points given{where}", "negative",
                               "add {box} or {point}" if takes_boxes else "add {point}")
     else:

@@ -24,7 +24,7 @@ from ...errors import InputError
 from .spec import BuildContext, Family  # noqa: F401 - re-exported for family modules and plug-ins
 
 #: the built-in families, in the order users see them (the one place they are listed)
-BUILTIN = ("classic", "sam", "medsam", "litemedsam", "samed", "msa")
+BUILTIN = ("classic", "sam", "medsam", "litemedsam", "samed", "msa", "sam2", "medsam2")
 
 _lock = threading.Lock()
 _families: Dict[str, Family] = {}
