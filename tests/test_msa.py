@@ -384,7 +384,7 @@ def test_load_model_default_encoder_backend(tmp_path, monkeypatch):
 def test_incomplete_checkpoint(tmp_path):
     sd = load_state(write_msa(tmp_path, "C", image_size=256))
     del sd["image_encoder.blocks.2.MLP_Adapter.D_fc2.weight"]
-    with pytest.raises(SamlabError, match="lacks image_encoder.blocks.2.MLP_Adapter.D_fc2.weight"):
+    with pytest.raises(SamlabError, match=r"1 missing key \(image_encoder.blocks.2.MLP_Adapter.D_fc2.weight\)"):
         build_msa(sd)
 
 
@@ -395,7 +395,10 @@ def test_full_size_vit_b_generation_c_layout():
     info = detect_msa(sd)
     assert info["generation"] == "C" and info["image_size"] == 1024 and info["backbone"] == "vit_b"
     assert info["global_blocks"] == [2, 5, 8, 11] and info["mask_tokens"] == 4
-    model = build_msa(sd, fingerprint="x")
+    assert info["image_size_from"] == "unknown"  # 127-row tables: MSA wrote them for every size for a while
+    with pytest.raises(SamlabError, match="--image-size"):
+        build_msa(sd, fingerprint="x")
+    model = build_msa(sd, fingerprint="x", image_size=1024)
     got = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
     assert got == layout
     assert got["image_encoder.blocks.2.attn.rel_h"] == (127, 64)

@@ -229,6 +229,11 @@ def _read_with_sitk(path: Path, timepoint: Optional[int], keep_time: bool) -> Im
     spacing, origin = itk_image.GetSpacing()[:spatial], itk_image.GetOrigin()[:spatial]
     direction = np.asarray(itk_image.GetDirection()).reshape(itk_image.GetDimension(), -1)[:spatial, :spatial]
     meta = {"path": str(path), "format": fmt, "name": _layer_name(path)}
+    # free-text header fields (NIfTI descrip/intent_name, NRRD content, modality keys): CT/MR detection reads them
+    said = [f"{k}: {reader.GetMetaData(k).strip()}" for k in reader.GetMetaDataKeys()
+            if k in ("descrip", "intent_name", "NRRD_content", "content") or "modality" in k.lower()]
+    if said:
+        meta["header_text"] = "; ".join(said)[:500]
     if itk_image.GetDimension() == 4:
         meta["time_axis"] = True
     image = Image(array, spacing, origin, tuple(direction.ravel()), max(1, ncomp), meta)

@@ -74,6 +74,26 @@ def _rel_names(sd: dict) -> tuple:
     return ("rel_pos_h", "rel_pos_w")
 
 
+def default_num_outputs(mask_tokens: Optional[int]) -> int:
+    """How many output masks (classes) an MSA decoder with ``mask_tokens`` tokens gives.
+
+    SAM's decoder has 4 mask tokens whatever MSA was trained for, and
+    upstream then uses token 0 (one class) or, with ``-multimask_output N``,
+    tokens ``[0:N]``: a 4-token file cannot tell N, so it is 1 unless the
+    user says otherwise (``num_outputs``).  A decoder built with another
+    token count was built for ``tokens - 1`` classes (upstream's
+    ``num_mask_tokens = num_multimask_outputs + 1``): all of them are kept.
+
+    Examples
+    --------
+    >>> default_num_outputs(4), default_num_outputs(3), default_num_outputs(None)
+    (1, 2, 1)
+    """
+    if mask_tokens is None or mask_tokens == 4 or mask_tokens < 2:
+        return 1
+    return int(mask_tokens) - 1
+
+
 def detect_msa(state_dict) -> Optional[dict]:
     """Tell whether a state dict is a Medical SAM Adapter checkpoint, and which generation.
 
@@ -90,7 +110,10 @@ def detect_msa(state_dict) -> Optional[dict]:
         "A" | "B" | "C", "image_size": S, "backbone": "vit_b" | ...,
         "num_classes": 1, "embed_dim", "depth", "global_blocks",
         "mask_tokens", "decoder": "sam" | "efficientsam",
-        "image_size_from": "rel_pos" | "default"}``.
+        "image_size_from": "rel_pos" | "generation A" | "unknown"}``.
+        ``"unknown"``: the tables are 127 rows, which fits 1024 px but was
+        also written for other sizes; :func:`build_msa` then needs
+        ``image_size``.  ``num_classes``: see :func:`default_num_outputs`.
 
     Examples
     --------
@@ -120,23 +143,28 @@ def detect_msa(state_dict) -> Optional[dict]:
     global_blocks = [i for i, r in rows.items() if r != window_rows]
     if generation == "A":
         size, source = DEFAULT_IMAGE_SIZE, "generation A"  # built for 1024 px only
+    elif global_blocks and rows[global_blocks[0]] == 2 * (DEFAULT_IMAGE_SIZE // PATCH_SIZE) - 1:
+        # 127 rows: right for 1024 px, but MSA also wrote 127-row tables for every
+        # image size for a while: the file does not say, the user must (image_size)
+        size, source = DEFAULT_IMAGE_SIZE, "unknown"
     elif global_blocks:
         size, source = (rows[global_blocks[0]] + 1) // 2 * PATCH_SIZE, "rel_pos"
     else:
         # every table is a 14-token window's: a 224-px model (global == window attention there)
         size, source = WINDOW_SIZE * PATCH_SIZE, "rel_pos"
     tokens = sd.get("mask_decoder.mask_tokens.weight")
+    n_tokens = int(tokens.shape[0]) if tokens is not None and tokens.ndim == 2 else None
     return {
         "family": "msa",
         "generation": generation,
         "image_size": int(size),
         "image_size_from": source,
         "backbone": _BACKBONES.get(width, f"vit_{width}"),
-        "num_classes": 1,
+        "num_classes": default_num_outputs(n_tokens),
         "embed_dim": width,
         "depth": len(blocks),
         "global_blocks": global_blocks,
-        "mask_tokens": int(tokens.shape[0]) if tokens is not None else None,
+        "mask_tokens": n_tokens,
         "decoder": "efficientsam" if efficient else "sam",
     }
 
@@ -390,7 +418,8 @@ def _config(sd: dict, info: dict, image_size: int) -> dict:
 
 
 def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
-              fingerprint: Optional[str] = None) -> "MsaModel":
+              fingerprint: Optional[str] = None, num_outputs: Optional[int] = None,
+              name: str = "the MSA checkpoint") -> "MsaModel":
     """Build an MSA network of any generation from its checkpoint.
 
     Parameters
@@ -401,10 +430,17 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
     device : str
         ``"cpu"`` or ``"cuda"``.
     image_size : int, optional
-        Input side S the model was trained at; read from the relative-position
-        tables when omitted (needed only for files whose tables do not tell).
+        Input side S the model was trained at (upstream ``-image_size``);
+        read from the relative-position tables when omitted.  Required for
+        files whose tables do not tell (127-row tables of generations B/C).
     fingerprint : str, optional
         Cache key of the weights; computed from the tensors when omitted.
+    num_outputs : int, optional
+        Output masks to keep (upstream ``-multimask_output``): tokens
+        ``[0:n]``, class k written as label value k (1..n, a later class wins
+        where two overlap).  Default: :func:`default_num_outputs`.
+    name : str
+        File name for messages.
 
     Returns
     -------
@@ -430,6 +466,10 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
     if info is None:
         raise SamlabError("the checkpoint is not a Medical SAM Adapter model (it has no image_encoder ...Space_Adapter weights): "
                           "use --model to pick its family")
+    if image_size is None and info["image_size_from"] == "unknown":
+        raise SamlabError(f"{name} does not record the image size it was trained at (its 127-row position tables "
+                          "fit 1024 px but MSA wrote them for every size for a while): give it with --image-size S "
+                          "(the -image_size of its training, e.g. 1024 or 256)")
     size = int(image_size or info["image_size"])
     if size <= 0 or size % PATCH_SIZE:
         raise SamlabError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model was trained at")
@@ -441,6 +481,10 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
             raise SamlabError(f"the MSA checkpoint lacks {key}: the file is incomplete, download or re-save it")
     prompt_dim = int(sd["mask_decoder.iou_token.weight"].shape[1])
     n_tokens = int(sd["mask_decoder.mask_tokens.weight"].shape[0])
+    n_out = int(num_outputs) if num_outputs is not None else default_num_outputs(n_tokens)
+    if not 1 <= n_out <= n_tokens:
+        raise SamlabError(f"{name} has {n_tokens} mask tokens: it can give 1 to {n_tokens} output masks, not {n_out}")
+    info = dict(info, num_classes=n_out)
     dec_depth = len({int(m.group(1)) for k in sd for m in [re.match(r"^mask_decoder\.transformer\.layers\.(\d+)\.", k)] if m})
     efficient = info["decoder"] == "efficientsam"
     mlp_key = f"{_DEC}layers.0.mlp.layers.0.0.weight" if efficient else f"{_DEC}layers.0.mlp.lin1.weight"
@@ -463,9 +507,11 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
                         iou_head_depth=3, iou_head_hidden_dim=256),
         )
     want = net.state_dict()
-    missing = [k for k in want if k not in sd]
-    if missing:
-        raise SamlabError(f"the MSA checkpoint lacks {missing[0]} ({len(missing)} tensors missing): the file is incomplete or of an unknown MSA variant")
+    from .checkpoint import check_state_dict_keys
+
+    # some MSA versions save SAM's pixel_mean/std buffers: constants MSA's [0, 1] input never uses
+    unused = {k for k in ("pixel_mean", "pixel_std") if k in sd}
+    check_state_dict_keys(set(want) | unused, sd, f"MSA generation {info['generation']} ({info['backbone']})", name)
     for k, v in want.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise SamlabError(f"MSA tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}: unknown MSA variant")
@@ -554,6 +600,7 @@ class MsaModel(SegmentationModel):
         self.generation = info["generation"]
         self.backbone = info["backbone"]
         self.image_size = int(info["image_size"])
+        self.num_classes = int(info.get("num_classes", 1) or 1)
         self.device = str(device)
         self._fingerprint = fingerprint
         self.net = net.to(self.device).eval()
@@ -661,7 +708,10 @@ class MsaModel(SegmentationModel):
         -------
         Prediction
             ``mask`` bool (H, W) = bilinearly upsampled token-0 logits > 0,
-            ``score`` the predicted IoU, ``low_res_logits`` (1, S/4, S/4).
+            ``score`` the predicted IoU, ``low_res_logits`` (n, S/4, S/4).
+            With n > 1 output masks (``num_classes``): ``labels`` holds class
+            k (token k-1) as value k, ``mask`` is their union, ``score`` the
+            best predicted IoU.
 
         Examples
         --------
@@ -689,8 +739,18 @@ class MsaModel(SegmentationModel):
                 image_embeddings=emb, image_pe=pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             )
-            low, iou = low[:, 0:1], iou[:, 0:1]  # output tokens [0:n], n = 1
+            n = self.num_classes
+            low, iou = low[:, 0:n], iou[:, 0:n]  # output tokens [0:n]
             up = F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
-        mask = (up[0, 0] > 0).cpu().numpy()
-        return Prediction(mask=mask, score=float(iou[0, 0]), low_res_logits=low[0].cpu().numpy(),
-                          extra={"generation": self.generation})
+        fg = (up[0] > 0).cpu().numpy()
+        if n == 1:
+            return Prediction(mask=fg[0], score=float(iou[0, 0]), low_res_logits=low[0].cpu().numpy(),
+                              extra={"generation": self.generation})
+        # one label value per output mask (class k = token k-1); where two overlap
+        # (REFUGE: the cup lies inside the disc) the later class is written last
+        labels = np.zeros((h, w), np.uint8 if n < 256 else np.uint16)
+        for k in range(n):
+            labels[fg[k]] = k + 1
+        return Prediction(mask=labels > 0, score=float(iou[0].max()), low_res_logits=low[0].cpu().numpy(),
+                          labels=labels, extra={"generation": self.generation,
+                                                "class_scores": [float(v) for v in iou[0]]})

@@ -235,7 +235,8 @@ FAST_ENCODER_FAMILIES = ("sam", "medsam", "litemedsam", "samed", "msa")
 
 def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optional[str] = None,
                base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu",
-               encoder_backend: Optional[str] = None) -> SegmentationModel:
+               encoder_backend: Optional[str] = None, image_size: Optional[int] = None,
+               num_outputs: Optional[int] = None) -> SegmentationModel:
     """Build a segmentation engine from a checkpoint (or the classic engine).
 
     Parameters
@@ -259,6 +260,11 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         the CPU: on CUDA every choice but ``"torch-autocast"`` runs PyTorch
         fp32.  Default: the ``SAMLAB_ENCODER_BACKEND`` environment variable,
         else ``"auto"`` for SAM, MedSAM, LiteMedSAM, SAMed and MSA.
+    image_size : int, optional
+        MSA only: the input side the model was trained at, for files that do
+        not record it (the error says when it is needed).
+    num_outputs : int, optional
+        MSA only: output masks to keep (class k = label value k).
 
     Returns
     -------
@@ -294,13 +300,15 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
-    model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device)
+    model = model_from_state_dict(ckpt.state_dict, family, path.name, base_checkpoint, device,
+                                  image_size=image_size, num_outputs=num_outputs)
     model.encoder_backend = backend or ("auto" if model.family in FAST_ENCODER_FAMILIES else "torch")
     return model
 
 
 def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: str = "the checkpoint",
-                          base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu") -> SegmentationModel:
+                          base_checkpoint: Union[str, os.PathLike, None] = None, device: str = "cpu",
+                          image_size: Optional[int] = None, num_outputs: Optional[int] = None) -> SegmentationModel:
     """:func:`load_model` for a state dict already in memory.
 
     Parameters
@@ -327,6 +335,8 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     device = check_device(device)
     info = detect_family(state_dict)
     fam = _check_compatible(name, info, family)
+    if fam != "msa" and (image_size is not None or num_outputs is not None):
+        raise SamlabError(f"--image-size and --num-outputs are for MSA checkpoints; {name} is {_what_file_is(info)}: leave them out")
     if fam == "samed":
         if base_checkpoint is None:
             raise SamlabError(f"{name} is a SAMed LoRA checkpoint without an image encoder: pass the original SAM "
@@ -339,7 +349,7 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     elif fam == "msa":
         from .msa import build_msa
 
-        model = build_msa(state_dict, device=device)
+        model = build_msa(state_dict, device=device, image_size=image_size, num_outputs=num_outputs, name=name)
     elif fam == "litemedsam":
         from .litemedsam import build_litemedsam
 
@@ -391,6 +401,8 @@ def describe_checkpoint(path: Union[str, os.PathLike]) -> dict:
         "dtypes": dtypes,
         "wrapper": ckpt.meta.get("wrapper"),
         "prefix": ckpt.meta.get("prefix"),
+        # training bookkeeping beside the weights (optimizer, epoch, MSA's path_helper...): not loaded
+        "ignored": ckpt.meta.get("ignored", {}),
         "fingerprint": weights_fingerprint(ckpt.state_dict),
     })
     notes = {
