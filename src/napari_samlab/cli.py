@@ -296,12 +296,12 @@ def segment_image(image, model, args) -> np.ndarray:
         plane_shape = volume.shape[:2]
     prompt = _prompt_from_args(args, plane_shape)
     model.check_prompt(prompt, plane_shape)
-    win = resolve_window(window, volume, model, modality)
-    _say_window(win, guess, args)
     multiclass = getattr(model, "num_classes", 1) > 1
     if multiclass and args.propagate:
         raise SamlabError(f"--propagate follows one object; this model gives {model.num_classes} classes: "
                           "segment slice by slice (leave out --propagate) or use --num-outputs 1")
+    win = resolve_window(window, volume, model, modality)
+    _say_window(win, guess, args)
 
     if is3d and args.propagate:
         from .propagate import propagate_from_prompt
