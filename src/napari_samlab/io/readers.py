@@ -231,7 +231,8 @@ def _read_with_sitk(path: Path, timepoint: Optional[int], keep_time: bool) -> Im
     meta = {"path": str(path), "format": fmt, "name": _layer_name(path)}
     # free-text header fields (NIfTI descrip/intent_name, NRRD content, modality keys): CT/MR detection reads them
     said = [f"{k}: {reader.GetMetaData(k).strip()}" for k in reader.GetMetaDataKeys()
-            if k in ("descrip", "intent_name", "NRRD_content", "content") or "modality" in k.lower()]
+            if (k in ("descrip", "intent_name", "NRRD_content", "content") or "modality" in k.lower())
+            and reader.GetMetaData(k).strip()]
     if said:
         meta["header_text"] = "; ".join(said)[:500]
     if itk_image.GetDimension() == 4:
