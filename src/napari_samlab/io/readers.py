@@ -273,9 +273,12 @@ def _check_complete(path: Path, itk_image, reader) -> None:
 
         class _Collect(logging.Handler):  # tifffile logs (not raises) broken page chains
             def emit(self, record):
-                problems.append(record.getMessage())
+                msg = record.getMessage()
+                # errors always; older tifffile (2023.x) logs a cut page chain as a warning only
+                if record.levelno >= logging.ERROR or "invalid page offset" in msg or "truncat" in msg.lower():
+                    problems.append(msg)
 
-        handler = _Collect(logging.ERROR)
+        handler = _Collect(logging.WARNING)
         tif_log = logging.getLogger("tifffile")
         tif_log.addHandler(handler)
         propagate, tif_log.propagate = tif_log.propagate, False
