@@ -44,6 +44,17 @@ def test_segment_ct_slice_with_classic_default(tmp_path, samples):
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "ct_chest_lung2_tumour.nrrd")))
     assert labels[:20].sum() == 0 and labels[21:].sum() == 0  # only the prompted slice
     assert dice(labels[20] > 0, truth[20] > 0) > 0.85
+    # the same mask as the Python API with the window the CLI resolves on the volume
+    from napari_samlab import SlicePredictor, load_model
+    from napari_samlab.models.base import Prompt
+    from napari_samlab.predict.windowing import resolve_window
+
+    vol = sitk.GetArrayFromImage(src)
+    model = load_model(family="classic")
+    predictor = SlicePredictor(model)
+    predictor.set_image(vol[20], window=resolve_window("auto", vol, model, "CT"))
+    api = predictor.predict_prompt(Prompt(box=tuple(float(v) for v in CT_BOX)))
+    assert np.array_equal(labels[20] > 0, api.mask)
 
 
 def test_segment_2d_points_and_label_value(tmp_path, samples):
