@@ -199,3 +199,21 @@ def test_foreign_zip_and_plain_pickle_are_refused(tmp_path):
         pickle.dump({"w": [1, 2, 3]}, f, protocol=2)
     with pytest.raises(SamlabError, match="pickle but not a torch.save file"):
         load_checkpoint(tmp_path / "plain.pth")
+
+
+def test_refusal_happens_before_torch_is_imported(tmp_path):
+    """The header check runs before `import torch` (seconds of start-up on a busy machine)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "random.pth"
+    bad.write_bytes(b"\x80\x02" + os.urandom(1 << 20))
+    code = ("import sys\n"
+            "from napari_samlab.errors import SamlabError\n"
+            "from napari_samlab.models.registry import load_model\n"
+            "try:\n"
+            f"    load_model({str(bad)!r}, family='medsam')\n"
+            "except SamlabError as err:\n"
+            "    print('refused', 'torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.strip() == "refused False", res.stdout + res.stderr

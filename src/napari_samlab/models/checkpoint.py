@@ -146,9 +146,24 @@ def sniff_checkpoint(f, name: str = "checkpoint") -> str:
                       "give a .pth/.pt weights file")
 
 
-def _torch_load(path: Path) -> Any:
-    import torch
+def check_checkpoint_file(path: Union[str, os.PathLike]) -> str:
+    """Refuse a missing, empty or non-torch.save file from its header, without importing torch.
 
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    str
+        ``"zip"`` or ``"legacy"`` (see :func:`sniff_checkpoint`).
+
+    Examples
+    --------
+    >>> check_checkpoint_file("medsam_vit_b.pth")   # doctest: +SKIP
+    'zip'
+    """
+    path = Path(path)
     name = path.name
     if not path.exists():
         raise SamlabError(f"checkpoint {path} does not exist: check the path")
@@ -157,7 +172,14 @@ def _torch_load(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise SamlabError(f"{name} is empty (0 bytes): download or copy the checkpoint again")
     with open(path, "rb") as f:
-        sniff_checkpoint(f, name)
+        return sniff_checkpoint(f, name)
+
+
+def _torch_load(path: Path) -> Any:
+    name = path.name
+    check_checkpoint_file(path)  # before importing torch: a wrong file is refused at once
+    import torch
+
     try:
         ctx = torch.serialization.safe_globals(_safe_numpy_globals())
     except AttributeError:  # very old torch: nothing to allowlist

@@ -286,6 +286,10 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         from .classic import ClassicModel  # no torch needed
 
         return ClassicModel()
+    if checkpoint is not None:
+        from .checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint)  # a wrong file is refused before torch is imported
     from .sam_family import check_device
 
     device = check_device(device)
