@@ -250,8 +250,8 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
                           "use --model to pick its family")
     if image_size is None and info["image_size_from"] == "unknown":
         raise SamlabError(f"{name} does not record the image size it was trained at (its 127-row position tables "
-                          "fit 1024 px but MSA wrote them for every size for a while): give it with --image-size S "
-                          "(the -image_size of its training, e.g. 1024 or 256)")
+                          "fit 1024 px but MSA wrote them for every size for a while): give the -image_size of its "
+                          "training, e.g. 1024 or 256 (--image-size S; image_size=S in Python)")
     size = int(image_size or info["image_size"])
     if size <= 0 or size % PATCH_SIZE:
         raise SamlabError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model was trained at")

@@ -156,7 +156,7 @@ def detect_modality(image: np.ndarray, modality: Optional[str] = None,
     --------
     >>> detect_modality(np.array([[-1000, 40], [60, 1200]], np.int16)).kind
     'CT'
-    >>> detect_modality(np.array([[-120, 40], [60, 1200]], np.int16)).source   # cropped: no air
+    >>> detect_modality(np.array([[[-120, 40], [60, 1200]]], np.int16)).source   # cropped volume: no air
     'intensities: fat/soft tissue values below -50 over a wide range (CT, cropped)'
     """
     kind, source = (str(modality).upper(), "given") if str(modality or "").upper() in ("CT", "MR") else (None, "")
@@ -166,13 +166,13 @@ def detect_modality(image: np.ndarray, modality: Optional[str] = None,
     v = _sample(image) if numeric else np.zeros(0)
     if kind is not None:
         return ModalityGuess(kind, source, _ct_offset(v) if kind == "CT" else 0.0)
-    volume = image.ndim == 3 and image.shape[-1] not in (3, 4)
     if not v.size:
         return ModalityGuess("natural", "not numeric")
     lo, hi = float(v.min()), float(v.max())
     if lo < -500:
         return ModalityGuess("CT", "intensities: air near -1000 (CT in HU)")
-    if lo < -50 and hi - lo > 400:
+    volume = image.ndim == 3 and image.shape[-1] not in (3, 4)
+    if volume and lo < -50 and hi - lo > 400:  # volumes only: 2D float images may be background-subtracted
         return ModalityGuess("CT", "intensities: fat/soft tissue values below -50 over a wide range (CT, cropped)")
     if volume and lo >= 0 and hi > 1024 and np.all(v == np.round(v)):
         air = np.mean(v < 100)
