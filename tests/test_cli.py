@@ -44,6 +44,17 @@ def test_segment_ct_slice_with_classic_default(tmp_path, samples):
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(samples / "ct_chest_lung2_tumour.nrrd")))
     assert labels[:20].sum() == 0 and labels[21:].sum() == 0  # only the prompted slice
     assert dice(labels[20] > 0, truth[20] > 0) > 0.85
+    # the same mask as the Python API with the window the CLI resolves on the volume
+    from napari_samlab import SlicePredictor, load_model
+    from napari_samlab.models.base import Prompt
+    from napari_samlab.base.windowing import resolve_window
+
+    vol = sitk.GetArrayFromImage(src)
+    model = load_model(family="classic")
+    predictor = SlicePredictor(model)
+    predictor.set_image(vol[20], window=resolve_window("auto", vol, model, "CT"))
+    api = predictor.predict_prompt(Prompt(box=tuple(float(v) for v in CT_BOX)))
+    assert np.array_equal(labels[20] > 0, api.mask)
 
 
 def test_segment_2d_points_and_label_value(tmp_path, samples):
@@ -127,6 +138,14 @@ def test_propagate_writes_an_aligned_3d_label(tmp_path, samples):
     assert zs.min() <= 17 and zs.max() >= 23  # reached well beyond the prompted slice
     assert dice(labels > 0, truth) >= 0.8  # eval_propagation.py measures 0.88
     assert "propagated over slices" in res.stderr
+    # every flagged slice gets one line saying why, then one line on how to look at them
+    flagged = res.stderr.split("check flagged slices", 1)[1].split(":", 1)[0] if "check flagged" in res.stderr else ""
+    for z in [int(v) for v in flagged.replace(",", " ").split()]:
+        line = [ln for ln in res.stderr.splitlines() if ln.strip().startswith(f"slice {z}:")]
+        assert len(line) == 1 and len(line[0]) < 240, res.stderr
+        assert any(w in line[0] for w in ("stopped", "area", "overlap", "score", "intensity", "end of the volume")), line
+    if flagged:
+        assert "Next flagged" in res.stderr
 
 
 def test_propagate_needs_a_volume(tmp_path, samples):
@@ -199,3 +218,52 @@ def test_cache_command_refuses_bad_folders(tmp_path, monkeypatch):
     (tmp_path / "cache" / "encoders" / "stranger.bin").write_bytes(b"x")
     _one_line_failure(samlab("cache", "--clear"), "not a napari-samlab exported-encoder cache")
     assert (tmp_path / "cache" / "encoders" / "stranger.bin").exists()
+
+
+def test_version():
+    from napari_samlab import __version__
+
+    res = samlab("--version")
+    assert res.returncode == 0 and __version__ in res.stdout
+
+
+def test_window_is_said_and_overridable(tmp_path, samples):
+    out = tmp_path / "w.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX)
+    assert res.returncode == 0, res.stderr
+    line = [ln for ln in res.stderr.splitlines() if "window" in ln]
+    assert len(line) == 1 and "taken as CT" in line[0] and "auto" in line[0], res.stderr
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX,
+                 "--window-level", "-600", "1500")
+    assert res.returncode == 0, res.stderr
+    assert "level -600, width 1500" in res.stderr and "given" in res.stderr
+
+
+def test_nan_window_is_refused(tmp_path, samples):
+    out = tmp_path / "o.nii.gz"
+    for lw in (("nan", "nan"), ("40", "inf"), ("40", "0")):
+        res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX,
+                     "--window-level", *lw)
+        assert_clean_failure(res, str(out), "--window-level")
+
+
+def test_cuda_is_never_a_silent_cpu_run(tmp_path, samples):
+    import torch
+
+    out = tmp_path / "o.nii.gz"
+    res = samlab("segment", samples / "ct_chest_lung2.nrrd", "-o", out, "--slice", 20, "--box", *CT_BOX,
+                 "--device", "cuda")
+    # without CUDA: refused; with CUDA: the classic engine has no GPU code, so refused too (and says so)
+    assert_clean_failure(res, str(out), "no usable CUDA" if not torch.cuda.is_available() else "CPU only")
+
+
+def test_constant_volume_warns_about_the_empty_mask(tmp_path):
+    img = sitk.Image(40, 30, 4, sitk.sitkInt16)  # all zero
+    path = tmp_path / "zero.nii.gz"
+    sitk.WriteImage(img, str(path))
+    out = tmp_path / "o.nii.gz"
+    res = samlab("segment", path, "-o", out, "--slice", 2, "--box", 5, 5, 20, 20)
+    assert res.returncode == 0, res.stderr
+    warn = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warn) == 1 and "one value" in warn[0] and "empty" in warn[0], res.stderr
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(out))).sum() == 0

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 import checkpoint_factory as factory
+from napari_samlab.models.base import Prompt
 from test_cli import CT_BOX, assert_clean_failure, samlab
 from test_msa import write_msa
 from test_samed import write_base, write_samed
@@ -40,6 +41,24 @@ def checkpoints(tmp_path_factory):
     }
 
 
+def api_prediction(image_path, checkpoint, z, prompt, **load_kw):
+    """What the Python API gives for one slice, with the window the CLI resolves on the whole volume."""
+    from napari_samlab import SlicePredictor, load_model, read_image
+    from napari_samlab.base.windowing import detect_modality, resolve_window
+
+    image = read_image(image_path)
+    vol = image.array
+    model = load_model(checkpoint, **load_kw)
+    win = resolve_window("auto", vol, model, detect_modality(vol, metadata=image.metadata).kind)
+    predictor = SlicePredictor(model)
+    predictor.set_image(vol[z], window=win)
+    return predictor.predict_prompt(prompt)
+
+
+def read_labels(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 def test_info_names_each_family(checkpoints):
     expected = {"medsam": "sam-or-medsam", "litemedsam": "litemedsam", "msa": "msa", "samed": "samed"}
     for key, family in expected.items():
@@ -60,8 +79,10 @@ def test_medsam_box_on_ct(ct_crop, checkpoints, tmp_path):
     res = samlab("segment", ct_crop, "-o", out, "--model", "medsam", "--checkpoint", checkpoints["medsam"],
                  "--slice", 2, "--box", 63, 81, 127, 137)
     assert res.returncode == 0, res.stderr
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    labels = read_labels(out)
     assert labels.shape == (5, 192, 192) and labels[[0, 1, 3, 4]].sum() == 0
+    api = api_prediction(ct_crop, checkpoints["medsam"], 2, Prompt(box=(63, 81, 127, 137)), family="medsam")
+    assert labels[2].any() and np.array_equal(labels[2] > 0, api.mask)
 
 
 def test_plain_sam_checkpoint_needs_model_choice(ct_crop, checkpoints, tmp_path):
@@ -89,10 +110,16 @@ def test_litemedsam_and_msa_segment(ct_crop, checkpoints, tmp_path):
     res = samlab("segment", ct_crop, "-o", out, "--checkpoint", checkpoints["litemedsam"], "--slice", 1,
                  "--box", 63, 81, 127, 137)
     assert res.returncode == 0, res.stderr
+    labels = read_labels(out)
+    api = api_prediction(ct_crop, checkpoints["litemedsam"], 1, Prompt(box=(63, 81, 127, 137)))
+    assert labels[1].any() and np.array_equal(labels[1] > 0, api.mask) and labels[[0, 2, 3, 4]].sum() == 0
     out = tmp_path / "msa.nrrd"
     res = samlab("segment", ct_crop, "-o", out, "--checkpoint", checkpoints["msa"], "--slice", 1, "--point", 95, 108)
     assert res.returncode == 0, res.stderr
     assert sitk.ReadImage(str(out)).GetSize() == (192, 192, 5)
+    labels = read_labels(out)
+    api = api_prediction(ct_crop, checkpoints["msa"], 1, Prompt(points=[(95, 108)], point_labels=[1]))
+    assert labels[1].any() and np.array_equal(labels[1] > 0, api.mask) and labels[[0, 2, 3, 4]].sum() == 0
 
 
 def test_samed_needs_base_and_segments_every_slice(ct_crop, checkpoints, tmp_path):
@@ -102,8 +129,12 @@ def test_samed_needs_base_and_segments_every_slice(ct_crop, checkpoints, tmp_pat
     res = samlab("segment", ct_crop, "-o", out, "--checkpoint", checkpoints["samed"],
                  "--base-checkpoint", checkpoints["base"])
     assert res.returncode == 0, res.stderr
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    labels = read_labels(out)
     assert labels.shape == (5, 192, 192) and labels.max() <= 8
+    assert labels.any()
+    for z in (0, 4):  # the class map of every slice is what the API gives (channel 0 = background)
+        api = api_prediction(ct_crop, checkpoints["samed"], z, Prompt(), base_checkpoint=checkpoints["base"])
+        assert np.array_equal(labels[z], api.labels)
     # a SAMed file is no base
     res = samlab("segment", ct_crop, "-o", out.with_name("x.nii.gz"), "--checkpoint", checkpoints["samed"],
                  "--base-checkpoint", checkpoints["samed"])

@@ -384,7 +384,7 @@ def test_load_model_default_encoder_backend(tmp_path, monkeypatch):
 def test_incomplete_checkpoint(tmp_path):
     sd = load_state(write_msa(tmp_path, "C", image_size=256))
     del sd["image_encoder.blocks.2.MLP_Adapter.D_fc2.weight"]
-    with pytest.raises(SamlabError, match="lacks image_encoder.blocks.2.MLP_Adapter.D_fc2.weight"):
+    with pytest.raises(SamlabError, match=r"1 missing key \(image_encoder.blocks.2.MLP_Adapter.D_fc2.weight\)"):
         build_msa(sd)
 
 
@@ -395,7 +395,10 @@ def test_full_size_vit_b_generation_c_layout():
     info = detect_msa(sd)
     assert info["generation"] == "C" and info["image_size"] == 1024 and info["backbone"] == "vit_b"
     assert info["global_blocks"] == [2, 5, 8, 11] and info["mask_tokens"] == 4
-    model = build_msa(sd, fingerprint="x")
+    assert info["image_size_from"] == "unknown"  # 127-row tables: MSA wrote them for every size for a while
+    with pytest.raises(SamlabError, match="--image-size"):
+        build_msa(sd, fingerprint="x")
+    model = build_msa(sd, fingerprint="x", image_size=1024)
     got = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
     assert got == layout
     assert got["image_encoder.blocks.2.attn.rel_h"] == (127, 64)
@@ -405,3 +408,52 @@ def test_full_size_vit_b_generation_c_layout():
     assert got["mask_decoder.transformer.layers.0.mlp.layers.0.0.weight"] == (2048, 256)
     assert got["mask_decoder.transformer.layers.1.mlp.fc.weight"] == (256, 2048)
     assert [b.window_size for b in model.net.image_encoder.blocks] == [0 if i in (2, 5, 8, 11) else 14 for i in range(12)]
+
+
+def test_several_output_masks_keep_every_class(tmp_path):
+    """-multimask_output N: tokens [0:N] are all kept, class k written as label value k (later wins)."""
+    from napari_samlab.models.msa import default_num_outputs
+
+    assert (default_num_outputs(4), default_num_outputs(3), default_num_outputs(6)) == (1, 2, 5)
+    sd = load_state(write_msa(tmp_path, "C", image_size=256, depth=2, global_idx=(1,), seed=7))
+    one = build_msa(sd, fingerprint="x")
+    two = build_msa(sd, fingerprint="x", num_outputs=2)
+    assert one.num_classes == 1 and two.num_classes == 2
+    rgb = rgb_image(70, 90, seed=2)
+    emb = two.encode(rgb)
+    prompt = Prompt(points=[(40, 30)], point_labels=[1])
+    p1, p2 = one.decode(emb, prompt), two.decode(emb, prompt)
+    assert p2.labels is not None and p2.low_res_logits.shape[0] == 2
+    up = F.interpolate(torch.from_numpy(p2.low_res_logits)[None], (70, 90), mode="bilinear", align_corners=False)[0]
+    expect = np.zeros((70, 90), np.uint8)
+    expect[(up[0] > 0).numpy()] = 1
+    expect[(up[1] > 0).numpy()] = 2
+    assert np.array_equal(p2.labels, expect) and np.array_equal(p2.mask, expect > 0)
+    assert np.array_equal(p1.mask, (up[0] > 0).numpy())  # class 1 is what the one-output model gives
+    assert len(np.unique(p2.labels)) >= 2
+    with pytest.raises(SamlabError, match="1 to 4 output masks"):
+        build_msa(sd, num_outputs=5)
+
+
+def test_cli_image_size_and_num_outputs(tmp_path):
+    """Files that do not record their size need --image-size (clear error without); classes via --num-outputs."""
+    import SimpleITK as sitk
+
+    from napari_samlab import SlicePredictor, load_model
+    from test_cli import assert_clean_failure, samlab
+
+    path = write_msa(tmp_path, "B", image_size=256, global_rows=127, depth=2, global_idx=(1,), seed=5)
+    img = tmp_path / "rgb.png"
+    Image.fromarray(rgb_image(70, 90, seed=2)).save(img)
+    out = tmp_path / "o.png"
+    res = samlab("segment", img, "-o", out, "--checkpoint", path, "--point", 40, 30)
+    assert_clean_failure(res, str(out), "--image-size")
+    res = samlab("segment", img, "-o", out, "--checkpoint", path, "--point", 40, 30, "--image-size", 256,
+                 "--num-outputs", 2)
+    assert res.returncode == 0, res.stderr
+    cli = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    model = load_model(path, image_size=256, num_outputs=2)
+    pred = SlicePredictor(model)
+    pred.set_image(np.asarray(Image.open(img)), window="auto")
+    api = pred.predict_prompt(Prompt(points=[(40, 30)], point_labels=[1]))
+    assert np.array_equal(cli, api.labels) and set(np.unique(cli)) <= {0, 1, 2} and cli.any()

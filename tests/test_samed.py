@@ -411,3 +411,27 @@ def test_full_size_vit_b_samed_keys_and_shapes():
     assert torch.count_nonzero(qkv[768:1536]) == 0
     assert torch.allclose(qkv[1536:], lora["w_b_011"] @ lora["w_a_011"], atol=1e-4)
     assert model.fingerprint().endswith("test")
+
+
+def test_class_merge_is_softmax_then_argmax_with_first_max_ties():
+    """Upstream: torch.argmax(torch.softmax(logits, 1), 1) on float32; ties go to the lowest class."""
+    from napari_samlab.models.samed import merge_class_logits
+
+    x = torch.zeros(1, 4, 2, 3)
+    x[0, :, 0, 0] = torch.tensor([1.0, 3.0, 3.0, 2.0])     # exact tie of classes 1 and 2 -> 1
+    x[0, :, 0, 1] = torch.tensor([0.0, 2e-8, -3.0, -3.0])  # logits differ, softmax ties -> 0 (argmax(logits) = 1)
+    x[0, :, 0, 2] = torch.tensor([0.0, 5e-8, -3.0, -3.0])  # softmax resolves it -> 1
+    x[0, :, 1, 0] = torch.tensor([-1.0, -1.0, -1.0, -1.0])  # all equal -> background
+    x[0, :, 1, 1] = torch.tensor([0.0, 0.0, 7.0, 7.0])     # tie at the top -> 2
+    x[0, :, 1, 2] = torch.tensor([5.0, 1.0, 0.0, 9.0])
+    assert int(torch.argmax(x, 1)[0, 0, 1]) == 1  # the logits alone would say class 1 here
+    labels, prob = merge_class_logits(x)
+    assert labels.tolist() == [[[1, 0, 1], [0, 2, 3]]]
+    ref = torch.argmax(torch.softmax(x.float(), dim=1), dim=1).numpy()
+    assert np.array_equal(labels, ref) and prob.dtype == torch.float32
+    # random float32 logits: bit for bit the upstream expression
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(1, 9, 64, 64, generator=g).round(decimals=1)  # rounding makes many exact ties
+    assert np.array_equal(merge_class_logits(r)[0], torch.argmax(torch.softmax(r, dim=1), dim=1).numpy())
+    # float64 input is merged as float32, as upstream's float32 network gives it
+    assert np.array_equal(merge_class_logits(x.double())[0], labels)

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .models.families import family_names
 
     parser = _Parser(prog="samlab", description="Promptable segmentation of CT, MRI, histology and microscopy.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     seg = sub.add_parser("segment", help="segment an image from a box or points and write a label image")
     seg.add_argument("image", metavar="IMAGE", help="NIfTI, NRRD, MHA/MHD, DICOM series folder, TIFF, PNG or JPEG")
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     win.add_argument("--window-level", type=float, nargs=2, metavar=("L", "W"), help="manual window level and width")
     seg.add_argument("--label", type=int, default=1, metavar="N", help="label value of the object (default 1)")
     seg.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    seg.add_argument("--image-size", type=int, metavar="S", help="MSA: the input size the checkpoint was trained at, "
+                                                                 "for files that do not record it")
+    seg.add_argument("--num-outputs", type=int, metavar="N", help="MSA: output masks to keep (class k is written as "
+                                                                  "label value k); default from the file, else 1")
     seg.add_argument("--cache-dir", metavar="DIR", help="on-disk embedding cache (reused across runs)")
     seg.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
                      help="storage type of the on-disk cache: float32 (default) keeps the embedding exactly as "
@@ -95,6 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except _UsageError as err:
         print(f"samlab: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.version:
+        from . import __version__
+
+        print(f"samlab (napari-samlab) {__version__}")
+        return 0
     if args.command is None:
         build_parser().print_help()
         return EXIT_USAGE
@@ -176,6 +186,8 @@ def run_segment(args) -> int:
         raise SamlabError(f"output folder {out.parent} does not exist: create it first")
     if not 1 <= args.label <= 65535:
         raise SamlabError(f"--label {args.label} is out of range: use 1..65535")
+    _check_window_level(args.window_level)
+    _check_device(args)
     if args.cache_dir is not None:
         from .predict.cache import check_cache_folder
 
@@ -202,6 +214,8 @@ def run_segment(args) -> int:
     write_labels(labels, image, out, segment_names=cohort_cli.segment_names(labels, model, args))
     side = cohort_cli.write_segment_sidecar(image, model, args, out)  # provenance: OUT with .json
     n = int(np.count_nonzero(labels))
+    if n == 0:
+        print(f"samlab: warning: {_why_empty(image.array)}", file=sys.stderr)
     ml = n * float(np.prod(image.spacing)) / 1000.0 if image.spatial_ndim == 3 else None
     size = f", {ml:.2f} mL" if ml is not None else ""
     print(f"wrote {out} ({n} voxels labelled{size}) and its provenance {side.name}")
@@ -223,8 +237,48 @@ def _load_model(args):
         raise SamlabError(f"checkpoint {args.checkpoint} does not exist: check the path")
     if args.base_checkpoint is not None and not Path(args.base_checkpoint).is_file():
         raise SamlabError(f"base checkpoint {args.base_checkpoint} does not exist: check the path")
+    if args.checkpoint is None:
+        family = family or "classic"
+    extra = {k: v for k, v in (("image_size", args.image_size), ("num_outputs", args.num_outputs)) if v is not None}
+    if extra and (args.checkpoint is None or family == "classic"):
+        raise SamlabError("--image-size and --num-outputs are for MSA checkpoints: add --checkpoint or leave them out")
     return load_model(args.checkpoint, family=family, base_checkpoint=args.base_checkpoint, device=args.device,
-                      encoder_backend=getattr(args, "encoder", None))
+                      encoder_backend=getattr(args, "encoder", None), **extra)
+
+
+def _check_window_level(window_level) -> None:
+    """NaN or infinite level/width would clip every pixel away (an empty mask, exit 0)."""
+    if window_level is None:
+        return
+    level, width = window_level
+    if not (np.isfinite(level) and np.isfinite(width)) or width <= 0:
+        raise SamlabError(f"--window-level {level:g} {width:g} is not a window: give a finite level and a positive "
+                          "width, e.g. --window-level 40 400")
+
+
+def _check_device(args) -> None:
+    """--device cuda must run on CUDA or stop: never fall back to the CPU silently."""
+    if args.device != "cuda":
+        return
+    try:
+        import torch
+
+        available = bool(torch.cuda.is_available())
+    except ImportError:
+        available = False
+    if not available:
+        raise SamlabError("--device cuda was asked for but this machine has no usable CUDA GPU: use --device cpu")
+    if args.checkpoint is None and args.model in (None, "classic"):
+        raise SamlabError("the classic engine runs on the CPU only: leave out --device cuda, or pick a model "
+                          "with weights (--model ... --checkpoint ...)")
+
+
+def _why_empty(volume: np.ndarray) -> str:
+    """The one-line warning for an empty result: a constant image says so."""
+    if volume.size and np.all(volume == volume.flat[0]):
+        return (f"the image holds one value only ({volume.flat[0].item()!r} everywhere): nothing to segment; the mask is "
+                "empty, check the input file")
+    return "the mask is empty: the model found no object at the prompt; try another prompt, --window or model"
 
 
 def _prompt_from_args(args, shape):
@@ -243,9 +297,12 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
     from .base.windowing import resolve_window
     from .predict.predictor import SlicePredictor
 
+    from .base.windowing import detect_modality
+
     volume = image.array
     is3d = image.spatial_ndim == 3
-    modality = image.metadata.get("modality")
+    guess = detect_modality(volume, metadata=image.metadata)  # metadata first, intensities as a fallback
+    modality = guess.kind if guess.kind in ("CT", "MR") else image.metadata.get("modality")
     window = tuple(args.window_level) if args.window_level else args.window
     if predictor is None:
         predictor = SlicePredictor(model, cache_dir=args.cache_dir, disk_dtype=args.cache_dtype)
@@ -257,6 +314,7 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
         if args.box is not None or args.point or args.negative:
             print("samlab: note: this model segments without prompts; --box/--point are ignored", file=sys.stderr)
         win = resolve_window(window, volume, model, modality)
+        _say_window(win, guess, args)
         slices = range(volume.shape[0]) if is3d else [None]
         if is3d and args.slice is not None:
             _check_slice(args.slice, volume.shape[0])
@@ -287,7 +345,12 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
         plane_shape = volume.shape[:2]
     # the one prompt check (also run by the predictor), here before any encoding
     prompt = validate_prompt(_prompt_from_args(args, plane_shape), plane_shape, model)
+    multiclass = getattr(model, "num_classes", 1) > 1
+    if multiclass and args.propagate:
+        raise SamlabError(f"--propagate follows one object; this model gives {model.num_classes} classes: "
+                          "segment slice by slice (leave out --propagate) or use --num-outputs 1")
     win = resolve_window(window, volume, model, modality)
+    _say_window(win, guess, args)
 
     if is3d and args.propagate:
         from .propagate import propagate_from_prompt
@@ -299,16 +362,19 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
         zs = np.flatnonzero(result.mask.any(axis=(1, 2)))
         extent = f"slices {zs.min()}..{zs.max()}" if zs.size else "no slices"
         print(f"propagated over {extent} in {time.perf_counter() - t0:.1f} s"
-              + (f"; check flagged slices {', '.join(map(str, flagged))}" if flagged else ""), file=sys.stderr)
+              + (f"; check flagged slices {', '.join(map(str, flagged))}:" if flagged else ""), file=sys.stderr)
+        for line in flag_lines(result):
+            print(line, file=sys.stderr)
         return labels
 
     plane = volume[args.slice] if is3d else volume
     predictor.set_image(plane, window=win)
     pred = predictor.predict_prompt(prompt)
-    if is3d:
-        labels[args.slice][pred.mask] = args.label
+    plane_out = labels[args.slice] if is3d else labels
+    if multiclass and pred.labels is not None:
+        plane_out[...] = pred.labels  # one label value per class (1..N), documented in README
     else:
-        labels[pred.mask] = args.label
+        plane_out[pred.mask] = args.label
     return labels
 
 
@@ -347,6 +413,76 @@ def _segment_with_memory(image, model, args, window, labels) -> np.ndarray:
     if not mask.any():
         print("samlab: note: the model found no object for this prompt", file=sys.stderr)
     return labels
+
+
+def _say_window(win, guess, args) -> None:
+    """One stderr line: the window applied and why, and how to change it."""
+    from .base.windowing import describe_window
+
+    how = "given" if args.window_level or args.window != "auto" else "auto"
+    print(f"samlab: {describe_window(win, guess)} [{how}; change with --window or --window-level L W]", file=sys.stderr)
+
+
+# short reasons for the flags propagation puts on slices (propagate.quality.FLAGS has the long ones)
+_FLAG_WHY = {
+    "stopped_here": "propagation stopped after this slice",
+    "edge": "the object still touches the end of the volume",
+    "low_iou": "low overlap with the slice before",
+    "big_jump": "the area changed a lot",
+    "low_score": "the model's own score is low",
+    "intensity": "the intensity inside the mask changed",
+    "seam": "the runs from two anchors disagree here",
+    "empty": "nothing found here, the object goes on after",
+    "cancelled": "propagation was cancelled after this slice",
+    "track_jump": "the object's shape changed a lot from the slice before",
+    "track_overlap": "little overlap with the slice before",
+    "track_weak": "weak evidence that this is still the object",
+    "track_leak": "the mask leaked into the surroundings and was cut back",
+}
+
+
+def _stop_why(stop) -> str:
+    """Why a run ended after its last kept slice, in a few words."""
+    v = stop.value
+    text = {
+        "empty": "the object is gone on the next slice" + (f"s ({v:g} in a row)" if v and v > 1 else ""),
+        "low_iou": f"the next slice overlapped it too little (IoU {v:.2f})" if v is not None else "low overlap",
+        "area_jump": f"the next slice's area jumped x{v:.2f}" if v is not None else "area jump",
+        "low_score": f"the next slice's score was low ({v:.2f})" if v is not None else "low score",
+        "intensity": "the intensity changed on the next slice",
+    }
+    return text.get(stop.reason, stop.reason)
+
+
+def flag_lines(result) -> List[str]:
+    """One short line per flagged slice saying why, then how to look at them.
+
+    Examples
+    --------
+    >>> flag_lines(result)                                          # doctest: +SKIP
+    ['  slice 16: propagation stopped after this slice (next slice: low_iou 0.05)', ...]
+    """
+    stops = {s.last_kept: s for s in getattr(result, "stops", []) if s.last_kept is not None}
+    lines = []
+    for z in result.flagged_slices():
+        rec = result.records[z]
+        parts = []
+        for flag in sorted(rec.flags):
+            why = _FLAG_WHY.get(flag, flag)
+            if flag == "stopped_here" and z in stops:
+                why += f" ({_stop_why(stops[z])})"
+            elif flag == "low_iou" and rec.iou_prev is not None:
+                why += f" (IoU {rec.iou_prev:.2f})"
+            elif flag == "big_jump" and rec.area_ratio is not None:
+                why += f" (x{rec.area_ratio:.2f})"
+            elif flag == "low_score":
+                why += f" ({rec.score:.2f})"
+            parts.append(why)
+        lines.append(f"  slice {z}: " + "; ".join(parts))
+    if lines:
+        lines.append("  look at them: open IMAGE and OUT in napari (Propagate box: 'Next flagged'), "
+                     "or any viewer at those slice indices")
+    return lines
 
 
 def _check_slice(z: int, depth: int) -> None:

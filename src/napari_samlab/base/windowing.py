@@ -7,6 +7,7 @@ slice.  ``"auto"`` means the model family's own preprocessing
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -71,22 +72,140 @@ def apply_window(image: np.ndarray, window: Optional[Window]) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def guess_modality(image: np.ndarray, modality: Optional[str] = None) -> str:
-    """``"CT"``, ``"MR"`` or ``"natural"`` (photos, histology, microscopy).
+@dataclass(frozen=True)
+class ModalityGuess:
+    """What the image is and how that was decided (shown to the user).
 
-    Uses the DICOM modality when known, else the values: CT stores HU with
-    air near -1000; a 3D non-negative volume is taken as MR.
+    ``kind``: ``"CT"``, ``"MR"`` or ``"natural"``.  ``source``: where that
+    came from, e.g. ``"DICOM Modality"``, ``"header description"`` or
+    ``"intensities: ..."``.  ``hu_offset``: what stored values add to
+    Hounsfield units (1024 for CT stored unsigned as HU + 1024, else 0).
     """
-    if modality:
-        m = modality.upper()
-        if m in ("CT", "MR"):
-            return m
-    if image.size and np.issubdtype(image.dtype, np.number):
-        if not np.issubdtype(image.dtype, np.uint8) and float(np.min(image)) < -500:
-            return "CT"
-        if image.ndim == 3 and image.shape[-1] not in (3, 4):
-            return "MR"
-    return "natural"
+
+    kind: str
+    source: str
+    hu_offset: float = 0.0
+
+
+_CT_WORDS = re.compile(r"(\bCT\b|\bCTA\b|computed tomograph|\bHU\b|hounsfield|\bPET[/-]CT\b)", re.I)
+_MR_WORDS = re.compile(r"(\bMRI?\b|\bT1w?\b|\bT2w?\b|\bFLAIR\b|\bDWI\b|magnetic reson|\bMPRAGE\b)", re.I)
+
+
+def modality_from_metadata(metadata: Optional[dict]) -> tuple:
+    """``(kind, source)`` from what the file says about itself, or ``(None, "")``.
+
+    DICOM's Modality tag first; then header descriptions (NIfTI
+    ``descrip``/``intent_name``, NRRD ``content``, series descriptions) that
+    name CT or MR.
+
+    Examples
+    --------
+    >>> modality_from_metadata({"modality": "CT"})
+    ('CT', 'DICOM Modality')
+    >>> modality_from_metadata({"header_text": "descrip: abdomen CT 5mm"})
+    ('CT', 'header description')
+    >>> modality_from_metadata({})
+    (None, '')
+    """
+    meta = metadata or {}
+    m = str(meta.get("modality") or "").strip().upper()
+    if m in ("CT", "MR"):
+        return m, "DICOM Modality"
+    text = " ".join(str(meta.get(k) or "") for k in ("header_text", "series_description", "description"))
+    ct, mr = bool(_CT_WORDS.search(text)), bool(_MR_WORDS.search(text))
+    if ct != mr:  # both or neither: the text does not decide
+        return ("CT" if ct else "MR"), "header description"
+    return None, ""
+
+
+def _sample(image: np.ndarray, n: int = 1_000_000) -> np.ndarray:
+    flat = np.asarray(image).ravel()
+    return flat[:: max(1, flat.size // n)].astype(np.float64, copy=False)
+
+
+def _ct_offset(v: np.ndarray) -> float:
+    """1024 when CT values are stored unsigned as HU + 1024 (no negatives, tissue above 1024), else 0."""
+    if v.size and float(v.min()) >= 0 and float(v.max()) > 1024:
+        return 1024.0
+    return 0.0
+
+
+def detect_modality(image: np.ndarray, modality: Optional[str] = None,
+                    metadata: Optional[dict] = None) -> ModalityGuess:
+    """CT, MR or natural image: from metadata first, the intensities only as a fallback.
+
+    The intensity fallback tolerates cropped CT (no air in view: fat and soft
+    tissue still give values below -50 HU over a range of hundreds of HU)
+    and shifted CT (stored as HU + 1024: air near 0, soft tissue near 1024,
+    bone above).  A 3D non-negative volume that fits neither is taken as MR.
+
+    Parameters
+    ----------
+    image : ndarray
+        The whole volume (or slice).
+    modality : str, optional
+        A modality already known (``"CT"``/``"MR"``), e.g. DICOM's.
+    metadata : dict, optional
+        ``Image.metadata`` (``modality``, ``header_text``...).
+
+    Returns
+    -------
+    ModalityGuess
+
+    Examples
+    --------
+    >>> detect_modality(np.array([[-1000, 40], [60, 1200]], np.int16)).kind
+    'CT'
+    >>> detect_modality(np.array([[[-120, 40], [60, 1200]]], np.int16)).source   # cropped volume: no air
+    'intensities: fat/soft tissue values below -50 over a wide range (CT, cropped)'
+    """
+    kind, source = (str(modality).upper(), "given") if str(modality or "").upper() in ("CT", "MR") else (None, "")
+    if kind is None:
+        kind, source = modality_from_metadata(metadata)
+    numeric = image.size and np.issubdtype(image.dtype, np.number) and not np.issubdtype(image.dtype, np.bool_)
+    v = _sample(image) if numeric else np.zeros(0)
+    if kind is not None:
+        return ModalityGuess(kind, source, _ct_offset(v) if kind == "CT" else 0.0)
+    if not v.size:
+        return ModalityGuess("natural", "not numeric")
+    lo, hi = float(v.min()), float(v.max())
+    if lo < -500:
+        return ModalityGuess("CT", "intensities: air near -1000 (CT in HU)")
+    volume = image.ndim == 3 and image.shape[-1] not in (3, 4)
+    if volume and lo < -50 and hi - lo > 400:  # volumes only: 2D float images may be background-subtracted
+        return ModalityGuess("CT", "intensities: fat/soft tissue values below -50 over a wide range (CT, cropped)")
+    if volume and lo >= 0 and hi > 1024 and np.all(v == np.round(v)):
+        air = np.mean(v < 100)
+        tissue = np.mean((v > 900) & (v < 1150))
+        if air > 0.02 and tissue > 0.15:
+            return ModalityGuess("CT", "intensities: air near 0 and soft tissue near 1024 (CT stored as HU + 1024)", 1024.0)
+    if volume:
+        return ModalityGuess("MR", "intensities: non-negative volume without CT values")
+    return ModalityGuess("natural", "intensities: 2D image")
+
+
+def guess_modality(image: np.ndarray, modality: Optional[str] = None) -> str:
+    """``"CT"``, ``"MR"`` or ``"natural"`` (photos, histology, microscopy): :func:`detect_modality`'s kind."""
+    return detect_modality(image, modality).kind
+
+
+def describe_window(window: Optional["Window"], guess: Optional[ModalityGuess] = None) -> str:
+    """One line for the user: the window applied and why (CLI stderr, widget status).
+
+    Examples
+    --------
+    >>> describe_window(Window(-160.0, 240.0, name="ct-abdomen"), ModalityGuess("CT", "DICOM Modality"))
+    'window ct-abdomen: level 40, width 400 (values clipped to [-160, 240]); image taken as CT (DICOM Modality)'
+    >>> describe_window(None)
+    'window none: pixel values as they are'
+    """
+    why = f"; image taken as {guess.kind} ({guess.source})" if guess is not None else ""
+    if window is None:
+        return "window none: pixel values as they are" + why
+    level, width = window.level_width
+    name = window.name or "manual"
+    return (f"window {name}: level {level:g}, width {width:g} (values clipped to [{window.lo:g}, {window.hi:g}])"
+            + why)
 
 
 def percentile_window(image: np.ndarray, lo_pct=0.5, hi_pct=99.5, out="uint8", keep_zero=True) -> Window:
@@ -123,9 +242,10 @@ def default_auto_window(image: np.ndarray, modality: Optional[str] = None) -> Op
     >>> default_auto_window(np.array([[-1000, 40], [400, 1000]], np.int16)).name
     'ct-abdomen'
     """
-    kind = guess_modality(image, modality)
+    guess = detect_modality(image, modality)
+    kind, off = guess.kind, guess.hu_offset  # off: CT stored as HU + 1024
     if kind == "CT":
-        return ct_window(image, 40.0, 400.0, "uint8", "ct-abdomen")
+        return ct_window(image, 40.0 + off, 400.0, "uint8", "ct-abdomen")
     if kind == "MR":
         return percentile_window(image)
     if image.dtype == np.uint8:

@@ -107,8 +107,8 @@ def segment_labels(image, model, args, flags_segment):
 
 def segment_names(labels, model, args):
     """Label value -> segment name for formats that store names (DICOM SEG)."""
-    if not model.needs_prompt:
-        return None
+    if not model.needs_prompt or getattr(model, "num_classes", 1) > 1:
+        return None  # class maps (SAMed, multi-output MSA): label value = class index
     if getattr(args, "prompts", None) is None:
         return {args.label: "object"}
     import numpy as np

@@ -229,6 +229,12 @@ def _read_with_sitk(path: Path, timepoint: Optional[int], keep_time: bool) -> Im
     spacing, origin = itk_image.GetSpacing()[:spatial], itk_image.GetOrigin()[:spatial]
     direction = np.asarray(itk_image.GetDirection()).reshape(itk_image.GetDimension(), -1)[:spatial, :spatial]
     meta = {"path": str(path), "format": fmt, "name": _layer_name(path)}
+    # free-text header fields (NIfTI descrip/intent_name, NRRD content, modality keys): CT/MR detection reads them
+    said = [f"{k}: {reader.GetMetaData(k).strip()}" for k in reader.GetMetaDataKeys()
+            if (k in ("descrip", "intent_name", "NRRD_content", "content") or "modality" in k.lower())
+            and reader.GetMetaData(k).strip()]
+    if said:
+        meta["header_text"] = "; ".join(said)[:500]
     if itk_image.GetDimension() == 4:
         meta["time_axis"] = True
     image = Image(array, spacing, origin, tuple(direction.ravel()), max(1, ncomp), meta)
@@ -267,9 +273,12 @@ def _check_complete(path: Path, itk_image, reader) -> None:
 
         class _Collect(logging.Handler):  # tifffile logs (not raises) broken page chains
             def emit(self, record):
-                problems.append(record.getMessage())
+                msg = record.getMessage()
+                # errors always; older tifffile (2023.x) logs a cut page chain as a warning only
+                if record.levelno >= logging.ERROR or "invalid page offset" in msg or "truncat" in msg.lower():
+                    problems.append(msg)
 
-        handler = _Collect(logging.ERROR)
+        handler = _Collect(logging.WARNING)
         tif_log = logging.getLogger("tifffile")
         tif_log.addHandler(handler)
         propagate, tif_log.propagate = tif_log.propagate, False

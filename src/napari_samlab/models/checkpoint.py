@@ -24,6 +24,24 @@ from ..errors import SamlabError
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "module", "params", "weights")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
+#: Top-level entries of training checkpoints that hold no model weights:
+#: ignored when loading, listed by ``samlab info`` (``ignored`` field).
+BOOKKEEPING = {
+    "optimizer": "optimizer state", "optimizer1": "optimizer state", "optimizer2": "optimizer state",
+    "optimizer_state_dict": "optimizer state", "optim": "optimizer state", "opt": "optimizer state",
+    "scheduler": "learning-rate scheduler state", "lr_scheduler": "learning-rate scheduler state",
+    "scaler": "mixed-precision scaler state", "amp": "mixed-precision scaler state",
+    "epoch": "training epoch", "global_step": "training step", "step": "training step",
+    "iteration": "training step", "iter": "training step",
+    "best_tol": "best validation loss (MSA)", "best_dice": "best validation Dice", "best_iou": "best validation IoU",
+    "best_loss": "best validation loss", "best_acc": "best validation accuracy", "best_metric": "best validation metric",
+    "loss": "training loss", "lr": "learning rate",
+    "path_helper": "training log/checkpoint folders (MSA)", "args": "training arguments",
+    "config": "training configuration", "cfg": "training configuration", "hyper_parameters": "training configuration",
+    "model": "network name (MSA)",  # only when it is a string: MSA stores args.net there
+    "version": "file format version", "pytorch-lightning_version": "file format version",
+}
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -61,16 +79,91 @@ def _safe_numpy_globals() -> list:
     return allowed
 
 
-def _looks_like_torch_file(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # zip container (torch >= 1.6) or a pickle stream (legacy torch.save)
-    return head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06") or head[:1] == b"\x80"
+# The first pickle of a legacy (pre-zip) torch.save file is this magic number
+# (torch.serialization.MAGIC_NUMBER) as a LONG1 opcode: 0x8a, 10 bytes.
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# What the header sniffing reads at most: a zip's end record (+ comment), its
+# central directory for a few thousand members, and a pickle's first opcodes.
+SNIFF_LIMIT = 1 << 20
 
 
-def _torch_load(path: Path) -> Any:
-    import torch
+def sniff_checkpoint(f, name: str = "checkpoint") -> str:
+    """Tell from its first and last bytes whether a file can be a torch.save file.
 
+    Reads only the header (and, for a zip, the central directory at its end),
+    never the tensor data, so a large foreign or random file is refused at
+    once instead of after unpickling megabytes.
+
+    Parameters
+    ----------
+    f : binary file object
+        Open for reading, seekable; it is left at an unspecified position.
+    name : str
+        File name for messages.
+
+    Returns
+    -------
+    str
+        ``"zip"`` (torch >= 1.6 layout: a zip holding ``<archive>/data.pkl``)
+        or ``"legacy"`` (a pickle stream starting with torch's magic number).
+
+    Raises
+    ------
+    SamlabError
+        When the file is neither.
+
+    Examples
+    --------
+    >>> import io
+    >>> sniff_checkpoint(io.BytesIO(b"hello world"), "notes.pth")
+    Traceback (most recent call last):
+    ...
+    napari_samlab.errors.SamlabError: notes.pth is not a PyTorch checkpoint (it starts with b'hell', not a torch.save header): give a .pth/.pt weights file
+    """
+    head = f.read(32)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        try:
+            # ZipFile reads the end record and the central directory only
+            with zipfile.ZipFile(f) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            raise SamlabError(f"{name} is truncated or corrupt (its zip directory is missing or damaged): "
+                              "download or copy the checkpoint again") from None
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            shown = ", ".join(names[:3]) or "nothing"
+            raise SamlabError(f"{name} is a zip archive without data.pkl (it holds {shown}): "
+                              "it is not a torch.save checkpoint; unpack it or give the .pth/.pt file")
+        return "zip"
+    if head[:1] == b"\x80" and len(head) >= 2 and 2 <= head[1] <= 5:
+        i = 2
+        if head[1] >= 4 and head[i:i + 1] == b"\x95":  # protocol 4+ frames: FRAME + 8-byte length
+            i += 9
+        if head[i:i + len(_LEGACY_MAGIC)] == _LEGACY_MAGIC:
+            return "legacy"
+        raise SamlabError(f"{name} is a Python pickle but not a torch.save file (no torch magic number): "
+                          "re-save the weights with torch.save(model.state_dict(), path)")
+    raise SamlabError(f"{name} is not a PyTorch checkpoint (it starts with {head[:4]!r}, not a torch.save header): "
+                      "give a .pth/.pt weights file")
+
+
+def check_checkpoint_file(path: Union[str, os.PathLike]) -> str:
+    """Refuse a missing, empty or non-torch.save file from its header, without importing torch.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Returns
+    -------
+    str
+        ``"zip"`` or ``"legacy"`` (see :func:`sniff_checkpoint`).
+
+    Examples
+    --------
+    >>> check_checkpoint_file("medsam_vit_b.pth")   # doctest: +SKIP
+    'zip'
+    """
+    path = Path(path)
     name = path.name
     if not path.exists():
         raise SamlabError(f"checkpoint {path} does not exist: check the path")
@@ -78,8 +171,15 @@ def _torch_load(path: Path) -> Any:
         raise SamlabError(f"checkpoint {path} is a folder, not a file: give the .pth/.pt file inside it")
     if path.stat().st_size == 0:
         raise SamlabError(f"{name} is empty (0 bytes): download or copy the checkpoint again")
-    if not _looks_like_torch_file(path):
-        raise SamlabError(f"{name} is not a PyTorch checkpoint (not a torch.save file): give a .pth/.pt weights file")
+    with open(path, "rb") as f:
+        return sniff_checkpoint(f, name)
+
+
+def _torch_load(path: Path) -> Any:
+    name = path.name
+    check_checkpoint_file(path)  # before importing torch: a wrong file is refused at once
+    import torch
+
     try:
         ctx = torch.serialization.safe_globals(_safe_numpy_globals())
     except AttributeError:  # very old torch: nothing to allowlist
@@ -136,7 +236,8 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> tuple:
     """
     if not isinstance(obj, dict):
         raise SamlabError(f"{name} holds a {type(obj).__name__}, not a state dict: re-save it with torch.save(model.state_dict())")
-    meta = {"top_level_keys": [str(k) for k in list(obj)[:50]], "wrapper": None, "prefix": None, "extra": {}}
+    meta = {"top_level_keys": [str(k) for k in list(obj)[:50]], "wrapper": None, "prefix": None, "extra": {},
+            "ignored": {}}
     sd = obj
     # descend through wrappers until a dict that is mostly tensors
     for _ in range(3):
@@ -156,9 +257,15 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> tuple:
                 str(k): v for k, v in obj.items()
                 if k != inner and isinstance(v, (str, int, float, bool)) and len(str(v)) < 200
             }
+            meta["ignored"] = _classify_top_level(obj, inner, name)
         else:
             meta["wrapper"] = f"{meta['wrapper']}.{inner}"
+            meta["ignored"].update(_classify_top_level(sd, inner, name))
         sd = sd[inner]
+    for k, v in sd.items():
+        if not _is_tensor(v):
+            # e.g. a None or an int beside the tensors: no weight is lost, but say so
+            meta["ignored"][str(k)] = f"non-tensor entry ({type(v).__name__}) beside the weights"
     tensors = {str(k): v for k, v in sd.items() if _is_tensor(v)}
     if not tensors:
         raise SamlabError(f"{name} holds no weight tensors (top-level keys: {', '.join(meta['top_level_keys'][:8])}): give a model checkpoint")
@@ -170,6 +277,120 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> tuple:
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
             meta["prefix"] = prefix if meta["prefix"] is None else meta["prefix"] + prefix
     return tensors, meta
+
+
+def _holds_tensors(v, depth: int = 0) -> bool:
+    if _is_tensor(v):
+        return True
+    if depth < 3 and isinstance(v, dict):
+        return any(_holds_tensors(x, depth + 1) for x in v.values())
+    if depth < 3 and isinstance(v, (list, tuple)):
+        return any(_holds_tensors(x, depth + 1) for x in v[:50])
+    return False
+
+
+def _classify_top_level(obj: dict, inner: str, name: str) -> dict:
+    """``{key: what it is}`` for the entries beside the weights; weights elsewhere are an error.
+
+    Known bookkeeping (:data:`BOOKKEEPING`) and small metadata are ignored;
+    an unknown entry that holds tensors (a second model, EMA weights...)
+    would be silently dropped, so it stops the load instead.
+    """
+    ignored, foreign = {}, []
+    for k, v in obj.items():
+        if k == inner:
+            continue
+        key = str(k)
+        known = BOOKKEEPING.get(key)
+        if key == "model" and not isinstance(v, str):
+            known = None
+        if known is not None:
+            ignored[key] = known
+        elif _holds_tensors(v):
+            foreign.append(key)
+        else:
+            ignored[key] = f"metadata ({type(v).__name__})"
+    if foreign:
+        shown = ", ".join(foreign[:5])
+        raise SamlabError(f"{name} holds weights under {shown} besides the model weights under {inner!r}: "
+                          "napari-samlab would ignore them; save the one model you want with "
+                          "torch.save(model.state_dict(), path)")
+    return ignored
+
+
+def guess_file_kind(state_dict: dict) -> str:
+    """What a state dict looks like, in words for error messages.
+
+    Examples
+    --------
+    >>> import torch
+    >>> guess_file_kind({"w_a_000": torch.zeros(4, 768), "w_b_000": torch.zeros(768, 4)})
+    'a SAMed LoRA file'
+    """
+    keys = list(state_dict)
+    has = lambda part: any(part in k for k in keys)  # noqa: E731
+    if any(k.startswith("w_a_") for k in keys):
+        return "a SAMed LoRA file"
+    if has(".Space_Adapter.") or has(".MLP_Adapter."):
+        return "a Medical SAM Adapter (MSA) model"
+    if any(k.startswith(("image_encoder.trunk.", "sam_mask_decoder.", "memory_encoder.")) for k in keys):
+        return "a SAM 2 / MedSAM2 model"
+    w = state_dict.get("image_encoder.patch_embed.seq.0.c.weight")
+    if w is not None:
+        return "a LiteMedSAM (TinyViT) model" if tuple(w.shape[-2:]) == (1, 1) else "a MobileSAM (TinyViT) model"
+    w = state_dict.get("image_encoder.patch_embed.proj.weight")
+    if w is not None:
+        dim = int(w.shape[0])
+        name = {768: "ViT-B", 1024: "ViT-L", 1280: "ViT-H"}.get(dim, f"{dim}-wide ViT")
+        return f"a SAM {name} model" + (" (or MedSAM)" if dim == 768 else "")
+    if "state" in keys and "param_groups" in keys:
+        return "an optimizer state, not model weights"
+    if keys and all(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in keys):
+        return "a SAM prompt encoder / mask decoder without image encoder"
+    return f"no SAM-family model (keys like {', '.join(keys[:3])})"
+
+
+def check_state_dict_keys(expected, state_dict: dict, what: str, name: str = "the checkpoint") -> None:
+    """Refuse a state dict whose keys differ from the network's, naming the differences.
+
+    Parameters
+    ----------
+    expected : iterable of str
+        Every key the network being built loads.
+    state_dict : dict of str to Tensor
+        The file's weights (already unwrapped: bookkeeping is not in here).
+    what : str
+        The architecture, e.g. ``"SAM vit_b"``.
+    name : str
+        File name for the message.
+
+    Raises
+    ------
+    SamlabError
+        One line naming up to five unexpected and five missing keys and what
+        the file seems to be.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_state_dict_keys(["a"], {"a": torch.zeros(1), "b": torch.zeros(1)}, "toy")
+    Traceback (most recent call last):
+    ...
+    napari_samlab.errors.SamlabError: the checkpoint does not fit the toy network: 1 unexpected key (b); the file looks like no SAM-family model (keys like a, b): check --model and that this is the right file
+    """
+    want = set(expected)
+    have = set(state_dict)
+    unexpected = sorted(have - want)
+    missing = sorted(want - have)
+    if not unexpected and not missing:
+        return
+    parts = []
+    for label, keys in (("unexpected", unexpected), ("missing", missing)):
+        if keys:
+            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+            parts.append(f"{len(keys)} {label} key{'s' if len(keys) > 1 else ''} ({shown})")
+    raise SamlabError(f"{name} does not fit the {what} network: {' and '.join(parts)}; "
+                      f"the file looks like {guess_file_kind(state_dict)}: check --model and that this is the right file")
 
 
 def plain_state_dict(obj: Any) -> dict:

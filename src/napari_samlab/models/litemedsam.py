@@ -183,6 +183,6 @@ def build_litemedsam(state_dict: dict, weights_fp: str, device: str = "cpu", sou
         raise InputError("this TinyViT checkpoint has 3×3 stride-2 patch embedding (MobileSAM), not LiteMedSAM: choose {model:sam}", "model")
     dec = decoder_config_from_state_dict(state_dict)
     net = LiteMedSAMNet(tcfg, dec)
-    load_strict(net, state_dict, "LiteMedSAM")
+    load_strict(net, state_dict, "LiteMedSAM", source or "the checkpoint")
     net.eval()  # after loading: upstream TinyViT caches attention biases in eval()
     return LiteMedSAMModel(net, weights_fp, {"backbone": "tinyvit", **tcfg, **dec}, device, source)

@@ -45,7 +45,6 @@ bilinear upsampling to the slice size.
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Optional, Sequence
 
@@ -54,10 +53,9 @@ import numpy as np
 from ..errors import PromptError, SamlabError
 from .base import Prediction, Prompt, SegmentationModel
 from .checkpoint import plain_state_dict
+from .msa_net import PATCH_SIZE, WINDOW_SIZE  # the network itself: msa_net.py, built lazily
+from .msa_net import modules as _modules
 
-PATCH_SIZE = 16
-WINDOW_SIZE = 14
-ADAPTER_SCALE = 0.5  # weight of MLP_Adapter beside the block's MLP
 DEFAULT_IMAGE_SIZE = 1024
 _BACKBONES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _ENC = "image_encoder."
@@ -72,6 +70,26 @@ def _rel_names(sd: dict) -> tuple:
     if f"{_ENC}blocks.0.attn.rel_h" in sd:
         return ("rel_h", "rel_w")
     return ("rel_pos_h", "rel_pos_w")
+
+
+def default_num_outputs(mask_tokens: Optional[int]) -> int:
+    """How many output masks (classes) an MSA decoder with ``mask_tokens`` tokens gives.
+
+    SAM's decoder has 4 mask tokens whatever MSA was trained for, and
+    upstream then uses token 0 (one class) or, with ``-multimask_output N``,
+    tokens ``[0:N]``: a 4-token file cannot tell N, so it is 1 unless the
+    user says otherwise (``num_outputs``).  A decoder built with another
+    token count was built for ``tokens - 1`` classes (upstream's
+    ``num_mask_tokens = num_multimask_outputs + 1``): all of them are kept.
+
+    Examples
+    --------
+    >>> default_num_outputs(4), default_num_outputs(3), default_num_outputs(None)
+    (1, 2, 1)
+    """
+    if mask_tokens is None or mask_tokens == 4 or mask_tokens < 2:
+        return 1
+    return int(mask_tokens) - 1
 
 
 def detect_msa(state_dict) -> Optional[dict]:
@@ -90,7 +108,10 @@ def detect_msa(state_dict) -> Optional[dict]:
         "A" | "B" | "C", "image_size": S, "backbone": "vit_b" | ...,
         "num_classes": 1, "embed_dim", "depth", "global_blocks",
         "mask_tokens", "decoder": "sam" | "efficientsam",
-        "image_size_from": "rel_pos" | "default"}``.
+        "image_size_from": "rel_pos" | "generation A" | "unknown"}``.
+        ``"unknown"``: the tables are 127 rows, which fits 1024 px but was
+        also written for other sizes; :func:`build_msa` then needs
+        ``image_size``.  ``num_classes``: see :func:`default_num_outputs`.
 
     Examples
     --------
@@ -120,241 +141,30 @@ def detect_msa(state_dict) -> Optional[dict]:
     global_blocks = [i for i, r in rows.items() if r != window_rows]
     if generation == "A":
         size, source = DEFAULT_IMAGE_SIZE, "generation A"  # built for 1024 px only
+    elif global_blocks and rows[global_blocks[0]] == 2 * (DEFAULT_IMAGE_SIZE // PATCH_SIZE) - 1:
+        # 127 rows: right for 1024 px, but MSA also wrote 127-row tables for every
+        # image size for a while: the file does not say, the user must (image_size)
+        size, source = DEFAULT_IMAGE_SIZE, "unknown"
     elif global_blocks:
         size, source = (rows[global_blocks[0]] + 1) // 2 * PATCH_SIZE, "rel_pos"
     else:
         # every table is a 14-token window's: a 224-px model (global == window attention there)
         size, source = WINDOW_SIZE * PATCH_SIZE, "rel_pos"
     tokens = sd.get("mask_decoder.mask_tokens.weight")
+    n_tokens = int(tokens.shape[0]) if tokens is not None and tokens.ndim == 2 else None
     return {
         "family": "msa",
         "generation": generation,
         "image_size": int(size),
         "image_size_from": source,
         "backbone": _BACKBONES.get(width, f"vit_{width}"),
-        "num_classes": 1,
+        "num_classes": default_num_outputs(n_tokens),
         "embed_dim": width,
         "depth": len(blocks),
         "global_blocks": global_blocks,
-        "mask_tokens": int(tokens.shape[0]) if tokens is not None else None,
+        "mask_tokens": n_tokens,
         "decoder": "efficientsam" if efficient else "sam",
     }
-
-
-# --------------------------------------------------------------------------
-# network (built lazily so that importing this module does not import torch)
-# --------------------------------------------------------------------------
-def _modules():
-    """Define the torch modules on first use and cache them."""
-    global _MOD
-    try:
-        return _MOD
-    except NameError:
-        pass
-    import torch
-    import torch.nn.functional as F
-    from segment_anything.modeling.common import LayerNorm2d
-    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos, window_partition, window_unpartition
-    from torch import nn
-
-    class Adapter(nn.Module):
-        """Bottleneck dim -> hidden -> dim with GELU; optionally adds its input back."""
-
-        def __init__(self, dim: int, hidden: int, skip: bool):
-            super().__init__()
-            self.skip = skip
-            self.D_fc1 = nn.Linear(dim, hidden)
-            self.act = nn.GELU()
-            self.D_fc2 = nn.Linear(hidden, dim)
-
-        def forward(self, x):
-            y = self.D_fc2(self.act(self.D_fc1(x)))
-            return x + y if self.skip else y
-
-    class Mlp(nn.Module):
-        def __init__(self, dim: int, hidden: int):
-            super().__init__()
-            self.lin1 = nn.Linear(dim, hidden)
-            self.act = nn.GELU()
-            self.lin2 = nn.Linear(hidden, dim)
-
-        def forward(self, x):
-            return self.lin2(self.act(self.lin1(x)))
-
-    class Attention(nn.Module):
-        """Multi-head self-attention with decomposed relative positions (SAM's maths)."""
-
-        def __init__(self, dim: int, heads: int, rel_rows: int, rel_names: tuple):
-            super().__init__()
-            self.num_heads = heads
-            head_dim = dim // heads
-            self.scale = head_dim ** -0.5
-            self.qkv = nn.Linear(dim, dim * 3, bias=True)
-            self.proj = nn.Linear(dim, dim)
-            self.rel_names = rel_names
-            for name in rel_names:
-                self.register_parameter(name, nn.Parameter(torch.zeros(rel_rows, head_dim)))
-
-        def forward(self, x):
-            B, H, W, _ = x.shape
-            qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            # tables of another length are linearly resampled inside (as upstream)
-            attn = add_decomposed_rel_pos(attn, q, getattr(self, self.rel_names[0]),
-                                          getattr(self, self.rel_names[1]), (H, W), (H, W))
-            attn = attn.softmax(dim=-1)
-            x = (attn @ v).view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-            return self.proj(x)
-
-    class AdapterBlock(nn.Module):
-        def __init__(self, dim, heads, mlp_dim, adapter_dim, window, rel_rows, rel_names):
-            super().__init__()
-            self.window_size = window
-            self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-            self.attn = Attention(dim, heads, rel_rows, rel_names)
-            self.MLP_Adapter = Adapter(dim, adapter_dim, skip=False)
-            self.Space_Adapter = Adapter(dim, adapter_dim, skip=True)
-            self.Depth_Adapter = Adapter(dim, adapter_dim, skip=False)  # 3D only: loaded, not run
-            self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-            self.mlp = Mlp(dim, mlp_dim)
-
-        def forward(self, x):
-            shortcut = x
-            if self.window_size > 0:
-                H, W = x.shape[1], x.shape[2]
-                # MSA partitions (zero-pads) before norm1: padded tokens become norm1's bias
-                x, pad_hw = window_partition(x, self.window_size)
-            x = self.Space_Adapter(self.attn(self.norm1(x)))
-            if self.window_size > 0:
-                x = window_unpartition(x, self.window_size, pad_hw, (H, W))
-            x = shortcut + x
-            xn = self.norm2(x)
-            return x + self.mlp(xn) + ADAPTER_SCALE * self.MLP_Adapter(xn)
-
-    class PatchEmbed(nn.Module):
-        def __init__(self, dim):
-            super().__init__()
-            self.proj = nn.Conv2d(3, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
-
-        def forward(self, x):
-            return self.proj(x).permute(0, 2, 3, 1)
-
-    class ImageEncoder(nn.Module):
-        def __init__(self, cfg: dict):
-            super().__init__()
-            dim = cfg["embed_dim"]
-            self.img_size = cfg["image_size"]
-            self.patch_embed = PatchEmbed(dim)
-            g = cfg["pos_grid"]
-            self.pos_embed = nn.Parameter(torch.zeros(1, g, g, dim))
-            self.blocks = nn.ModuleList(
-                AdapterBlock(dim, cfg["heads"], cfg["mlp_dim"], cfg["adapter_dim"],
-                             0 if i in cfg["global_blocks"] else WINDOW_SIZE, cfg["rel_rows"][i], cfg["rel_names"])
-                for i in range(cfg["depth"])
-            )
-            out = cfg["out_chans"]
-            self.neck = nn.Sequential(
-                nn.Conv2d(dim, out, kernel_size=1, bias=False), LayerNorm2d(out),
-                nn.Conv2d(out, out, kernel_size=3, padding=1, bias=False), LayerNorm2d(out),
-            )
-
-        def forward(self, x):
-            x = self.patch_embed(x)
-            if self.pos_embed.shape[1:3] == x.shape[1:3]:
-                x = x + self.pos_embed  # generation A: stored at the grid size
-            else:
-                pos = F.interpolate(self.pos_embed.permute(0, 3, 1, 2), size=(x.shape[1], x.shape[2]),
-                                    mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
-                x = x + pos
-            for blk in self.blocks:
-                x = blk(x)
-            return self.neck(x.permute(0, 3, 1, 2))
-
-    # ---- EfficientSAM-style two-way transformer (generations B and C) ----
-    class TokenAttention(nn.Module):
-        def __init__(self, dim: int, heads: int, downsample: int = 1):
-            super().__init__()
-            self.internal_dim = dim // downsample
-            self.num_heads = heads
-            self.inv_sqrt = 1.0 / math.sqrt(self.internal_dim / heads)
-            self.q_proj = nn.Linear(dim, self.internal_dim)
-            self.k_proj = nn.Linear(dim, self.internal_dim)
-            self.v_proj = nn.Linear(dim, self.internal_dim)
-            self.out_proj = nn.Linear(self.internal_dim, dim)
-
-        def _heads(self, x):
-            b, n, c = x.shape
-            return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
-        def forward(self, q, k, v):
-            q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-            attn = (q @ k.permute(0, 1, 3, 2)) * self.inv_sqrt
-            out = torch.softmax(attn, dim=-1) @ v
-            b, h, n, c = out.shape
-            return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
-
-    class ReluMlp(nn.Module):
-        """One hidden layer with ReLU; keys ``layers.0.0`` and ``fc``."""
-
-        def __init__(self, dim: int, hidden: int):
-            super().__init__()
-            self.layers = nn.ModuleList([nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())])
-            self.fc = nn.Linear(hidden, dim)
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = layer(x)
-            return self.fc(x)
-
-    class TwoWayBlock(nn.Module):
-        def __init__(self, dim, heads, mlp_dim, first: bool):
-            super().__init__()
-            self.first = first
-            self.self_attn = TokenAttention(dim, heads)
-            self.norm1 = nn.LayerNorm(dim)
-            self.cross_attn_token_to_image = TokenAttention(dim, heads, 2)
-            self.norm2 = nn.LayerNorm(dim)
-            self.mlp = ReluMlp(dim, mlp_dim)
-            self.norm3 = nn.LayerNorm(dim)
-            self.norm4 = nn.LayerNorm(dim)
-            self.cross_attn_image_to_token = TokenAttention(dim, heads, 2)
-
-        def forward(self, queries, keys, query_pe, key_pe):
-            if not self.first:
-                queries = queries + query_pe  # the PE stays in the residual stream
-            queries = self.norm1(queries + self.self_attn(queries, queries, queries))
-            queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys))
-            queries = self.norm3(queries + self.mlp(queries))
-            q, k = queries + query_pe, keys + key_pe
-            keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-            return queries, keys
-
-    class EfficientTwoWayTransformer(nn.Module):
-        def __init__(self, depth: int, dim: int, heads: int, mlp_dim: int):
-            super().__init__()
-            self.layers = nn.ModuleList(TwoWayBlock(dim, heads, mlp_dim, i == 0) for i in range(depth))
-            self.final_attn_token_to_image = TokenAttention(dim, heads, 2)
-            self.norm_final_attn = nn.LayerNorm(dim)
-
-        def forward(self, image_embedding, image_pe, point_embedding):
-            keys = image_embedding.flatten(2).permute(0, 2, 1)
-            key_pe = image_pe.flatten(2).permute(0, 2, 1)
-            queries = point_embedding
-            for layer in self.layers:
-                queries, keys = layer(queries, keys, point_embedding, key_pe)
-            attn = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
-            return self.norm_final_attn(queries + attn), keys
-
-    class MsaNet(nn.Module):
-        def __init__(self, image_encoder, prompt_encoder, mask_decoder):
-            super().__init__()
-            self.image_encoder = image_encoder
-            self.prompt_encoder = prompt_encoder
-            self.mask_decoder = mask_decoder
-
-    _MOD = {"ImageEncoder": ImageEncoder, "EfficientTwoWayTransformer": EfficientTwoWayTransformer, "MsaNet": MsaNet}
-    return _MOD
 
 
 def _config(sd: dict, info: dict, image_size: int) -> dict:
@@ -390,7 +200,8 @@ def _config(sd: dict, info: dict, image_size: int) -> dict:
 
 
 def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
-              fingerprint: Optional[str] = None) -> "MsaModel":
+              fingerprint: Optional[str] = None, num_outputs: Optional[int] = None,
+              name: str = "the MSA checkpoint") -> "MsaModel":
     """Build an MSA network of any generation from its checkpoint.
 
     Parameters
@@ -401,10 +212,17 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
     device : str
         ``"cpu"`` or ``"cuda"``.
     image_size : int, optional
-        Input side S the model was trained at; read from the relative-position
-        tables when omitted (needed only for files whose tables do not tell).
+        Input side S the model was trained at (upstream ``-image_size``);
+        read from the relative-position tables when omitted.  Required for
+        files whose tables do not tell (127-row tables of generations B/C).
     fingerprint : str, optional
         Cache key of the weights; computed from the tensors when omitted.
+    num_outputs : int, optional
+        Output masks to keep (upstream ``-multimask_output``): tokens
+        ``[0:n]``, class k written as label value k (1..n, a later class wins
+        where two overlap).  Default: :func:`default_num_outputs`.
+    name : str
+        File name for messages.
 
     Returns
     -------
@@ -430,6 +248,10 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
     if info is None:
         raise SamlabError("the checkpoint is not a Medical SAM Adapter model (it has no image_encoder ...Space_Adapter weights): "
                           "use --model to pick its family")
+    if image_size is None and info["image_size_from"] == "unknown":
+        raise SamlabError(f"{name} does not record the image size it was trained at (its 127-row position tables "
+                          "fit 1024 px but MSA wrote them for every size for a while): give the -image_size of its "
+                          "training, e.g. 1024 or 256 (--image-size S; image_size=S in Python)")
     size = int(image_size or info["image_size"])
     if size <= 0 or size % PATCH_SIZE:
         raise SamlabError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model was trained at")
@@ -441,6 +263,10 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
             raise SamlabError(f"the MSA checkpoint lacks {key}: the file is incomplete, download or re-save it")
     prompt_dim = int(sd["mask_decoder.iou_token.weight"].shape[1])
     n_tokens = int(sd["mask_decoder.mask_tokens.weight"].shape[0])
+    n_out = int(num_outputs) if num_outputs is not None else default_num_outputs(n_tokens)
+    if not 1 <= n_out <= n_tokens:
+        raise SamlabError(f"{name} has {n_tokens} mask tokens: it can give 1 to {n_tokens} output masks, not {n_out}")
+    info = dict(info, num_classes=n_out)
     dec_depth = len({int(m.group(1)) for k in sd for m in [re.match(r"^mask_decoder\.transformer\.layers\.(\d+)\.", k)] if m})
     efficient = info["decoder"] == "efficientsam"
     mlp_key = f"{_DEC}layers.0.mlp.layers.0.0.weight" if efficient else f"{_DEC}layers.0.mlp.lin1.weight"
@@ -463,9 +289,11 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
                         iou_head_depth=3, iou_head_hidden_dim=256),
         )
     want = net.state_dict()
-    missing = [k for k in want if k not in sd]
-    if missing:
-        raise SamlabError(f"the MSA checkpoint lacks {missing[0]} ({len(missing)} tensors missing): the file is incomplete or of an unknown MSA variant")
+    from .checkpoint import check_state_dict_keys
+
+    # some MSA versions save SAM's pixel_mean/std buffers: constants MSA's [0, 1] input never uses
+    unused = {k for k in ("pixel_mean", "pixel_std") if k in sd}
+    check_state_dict_keys(set(want) | unused, sd, f"MSA generation {info['generation']} ({info['backbone']})", name)
     for k, v in want.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise SamlabError(f"MSA tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}: unknown MSA variant")
@@ -554,6 +382,7 @@ class MsaModel(SegmentationModel):
         self.generation = info["generation"]
         self.backbone = info["backbone"]
         self.image_size = int(info["image_size"])
+        self.num_classes = int(info.get("num_classes", 1) or 1)
         self.device = str(device)
         self._fingerprint = fingerprint
         self.net = net.to(self.device).eval()
@@ -661,7 +490,10 @@ class MsaModel(SegmentationModel):
         -------
         Prediction
             ``mask`` bool (H, W) = bilinearly upsampled token-0 logits > 0,
-            ``score`` the predicted IoU, ``low_res_logits`` (1, S/4, S/4).
+            ``score`` the predicted IoU, ``low_res_logits`` (n, S/4, S/4).
+            With n > 1 output masks (``num_classes``): ``labels`` holds class
+            k (token k-1) as value k, ``mask`` is their union, ``score`` the
+            best predicted IoU.
 
         Examples
         --------
@@ -689,8 +521,18 @@ class MsaModel(SegmentationModel):
                 image_embeddings=emb, image_pe=pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
             )
-            low, iou = low[:, 0:1], iou[:, 0:1]  # output tokens [0:n], n = 1
+            n = self.num_classes
+            low, iou = low[:, 0:n], iou[:, 0:n]  # output tokens [0:n]
             up = F.interpolate(low, (h, w), mode="bilinear", align_corners=False)
-        mask = (up[0, 0] > 0).cpu().numpy()
-        return Prediction(mask=mask, score=float(iou[0, 0]), low_res_logits=low[0].cpu().numpy(),
-                          extra={"generation": self.generation})
+        fg = (up[0] > 0).cpu().numpy()
+        if n == 1:
+            return Prediction(mask=fg[0], score=float(iou[0, 0]), low_res_logits=low[0].cpu().numpy(),
+                              extra={"generation": self.generation})
+        # one label value per output mask (class k = token k-1); where two overlap
+        # (REFUGE: the cup lies inside the disc) the later class is written last
+        labels = np.zeros((h, w), np.uint8 if n < 256 else np.uint16)
+        for k in range(n):
+            labels[fg[k]] = k + 1
+        return Prediction(mask=labels > 0, score=float(iou[0].max()), low_res_logits=low[0].cpu().numpy(),
+                          labels=labels, extra={"generation": self.generation,
+                                                "class_scores": [float(v) for v in iou[0]]})

@@ -190,7 +190,11 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         ``model.last_encoder_backend`` and ``encoder_report(model)`` say
         what really ran.
     **options
-        Family-specific build options (passed to the family's ``build``).
+        Family-specific build options, passed to the family's ``build``
+        (declared in its ``build_options``).  MSA: ``image_size`` (the input
+        side the model was trained at, for files that do not record it: the
+        error says when it is needed) and ``num_outputs`` (output masks to
+        keep; class k = label value k).
 
     Returns
     -------
@@ -213,6 +217,10 @@ def load_model(checkpoint: Union[str, os.PathLike, None] = None, family: Optiona
         if fam.make is None:
             raise InputError(f"{fam.pretty} needs its weights: pass {{checkpoint}}", field="checkpoint")
         return fam.make()
+    if checkpoint is not None:
+        from .checkpoint import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint)  # a wrong file is refused from its header, before torch is imported
     backend = requested_backend(encoder_backend)
     if checkpoint is None:
         example = f" ({fam.example_checkpoint})" if fam.example_checkpoint else ""
@@ -267,6 +275,13 @@ def model_from_state_dict(state_dict: dict, family: Optional[str] = None, name: 
     device = check_device(device)
     info = detect_family(state_dict)
     fam = get_family(_choose(name, info, family))
+    given = sorted(k for k, v in options.items() if v is not None)
+    foreign = [k for k in given if k not in fam.build_options]
+    if foreign:
+        raise InputError(f"{', '.join(foreign)} {'is' if len(foreign) == 1 else 'are'} not an option of {fam.pretty}; "
+                         f"{name} is {_what_file_is(info)}: leave {'it' if len(foreign) == 1 else 'them'} out",
+                         field=foreign[0])
+    options = {k: options[k] for k in given}
     base = None
     if fam.needs_base_checkpoint:
         if base_checkpoint is None:
@@ -362,6 +377,8 @@ def describe_checkpoint(path: Union[str, os.PathLike], names: Optional[dict] = N
         "dtypes": dtypes,
         "wrapper": ckpt.meta.get("wrapper"),
         "prefix": ckpt.meta.get("prefix"),
+        # training bookkeeping beside the weights (optimizer, epoch, MSA's path_helper...): not loaded
+        "ignored": ckpt.meta.get("ignored", {}),
         "fingerprint": weights_fingerprint(ckpt.state_dict),
     })
     if len(info.candidates) > 1:

@@ -274,8 +274,16 @@ class SamTinyViT(nn.Module):
         return Sam.preprocess(self, x)
 
 
-def load_strict(module: nn.Module, sd: dict, what: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line SamlabError."""
+def load_strict(module: nn.Module, sd: dict, what: str, name: str = "the checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a one-line SamlabError.
+
+    Unexpected or missing keys are named (up to five each) with what the file
+    seems to be (:func:`~napari_samlab.models.checkpoint.check_state_dict_keys`);
+    a shape mismatch names the tensor.
+    """
+    from .checkpoint import check_state_dict_keys
+
+    check_state_dict_keys(module.state_dict().keys(), sd, what, name)
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as err:
@@ -581,12 +589,12 @@ def build_sam_family(state_dict: dict, family: str, weights_fp: str, device: str
     if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
         tcfg = tinyvit_config_from_state_dict(state_dict)
         net = SamTinyViT(tcfg, dec)
-        load_strict(net, state_dict, "MobileSAM (vit_t)")
+        load_strict(net, state_dict, "MobileSAM (vit_t)", source or "the checkpoint")
         config = {"backbone": "vit_t", **tcfg, **dec}
     else:
         vit = vit_config_from_state_dict(state_dict)
         net = build_sam_vit(vit, dec)
-        load_strict(net, state_dict, f"SAM {vit['backbone']}")
+        load_strict(net, state_dict, f"SAM {vit['backbone']}", source or "the checkpoint")
         config = {**vit, **dec}
     cls = MedSAMModel if family == "medsam" else SamModel
     return cls(net, weights_fp, config, device, source)

@@ -121,6 +121,43 @@ def detect_samed(state_dict) -> Optional[dict]:
     }
 
 
+def merge_class_logits(logits):
+    """SAMed's class map from its decoder logits, bit for bit as upstream.
+
+    Upstream (``utils.py: test_single_volume``) computes
+    ``torch.argmax(torch.softmax(logits, dim=1), dim=1)`` on float32 logits.
+    The argmax is taken on the *softmax output*, not on the logits: two
+    channels whose logits differ by less than float32 softmax can resolve
+    come out equal, and ``torch.argmax`` then returns the first (lowest
+    class index), as it does for exact ties.
+
+    Parameters
+    ----------
+    logits : torch.Tensor or ndarray
+        (N, C, H, W) class logits, channel 0 = background (cast to float32).
+
+    Returns
+    -------
+    labels : ndarray of int64, (N, H, W)
+    prob : torch.Tensor
+        The float32 softmax over C.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([0.0, 2e-8, -3.0]).view(1, 3, 1, 1)   # softmax ties channels 0 and 1
+    >>> int(merge_class_logits(x)[0][0, 0, 0])
+    0
+    """
+    import torch
+
+    x = torch.as_tensor(logits).to(torch.float32)
+    with torch.no_grad():
+        prob = torch.softmax(x, dim=1)
+        labels = torch.argmax(prob, dim=1)
+    return labels.cpu().numpy(), prob
+
+
 # --------------------------------------------------------------------------
 # checks of the base checkpoint
 # --------------------------------------------------------------------------
@@ -244,6 +281,34 @@ def _merged_state_dict(info: dict, lora: dict, base: dict, global_idx: list, dec
     return out
 
 
+def _check_file_keys(info: dict, lora: dict, base: dict, want: dict, dec_depth: int) -> None:
+    """Both files hold exactly what the 512-px SAMed network takes from them (nothing silently dropped).
+
+    The LoRA file: ``w_a/w_b`` for every q and v of the encoder, the prompt
+    encoder and mask decoder (SAMed_s: its decoder LoRA factors, and the
+    decoder transformer may be absent: it then comes from the base).  The
+    base: the SAM image encoder of the same depth, plus SAM's own prompt
+    encoder and mask decoder (present in every SAM file, unused by SAMed).
+    """
+    from .checkpoint import check_state_dict_keys
+
+    n = 2 * info["depth"]
+    expected = {f"w_{ab}_{i:03d}" for ab in "ab" for i in range(n)}
+    expected |= {k for k in want if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    if info["decoder_lora"]:
+        expected = {k for k in expected if not k.startswith("mask_decoder.transformer.")}
+        expected |= {f"{g}_{ab}_{i:03d}" for g in ("sa", "cti", "cit") for ab in "ab" for i in range(2 * dec_depth)}
+        expected |= {"fati_qa", "fati_qb", "fati_va", "fati_vb"}
+        expected |= {k for k in lora if k.startswith("mask_decoder.transformer.") and k in want}
+    variant = VARIANT_NAMES.get(info["variant"], "SAMed")
+    check_state_dict_keys(expected, lora, f"{variant} (LoRA rank {info['lora_rank']}, {info['depth']} blocks)",
+                          "the SAMed checkpoint")
+    encoder = {k for k in want if k.startswith("image_encoder.")}
+    sam_heads = {k for k in base if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    _, _, base_file, base_name = _backbone_of(info["embed_dim"])
+    check_state_dict_keys(encoder | sam_heads, base, f"SAM {base_name} base ({base_file})", "the base checkpoint")
+
+
 def _global_indexes(base: dict, depth: int) -> list:
     """Blocks with global attention: their tables span the whole grid, not a 14-token window."""
     idx = [i for i in range(depth)
@@ -341,8 +406,9 @@ def build_samed(state_dict, base_state_dict, device: str = "cpu", fingerprint: O
             pixel_mean=[0.0, 0.0, 0.0],
             pixel_std=[1.0, 1.0, 1.0],
         )
-    merged = _merged_state_dict(info, lora, base, global_idx, dec_depth)
     want = sam.state_dict()
+    _check_file_keys(info, lora, base, want, dec_depth)
+    merged = _merged_state_dict(info, lora, base, global_idx, dec_depth)
     missing = [k for k in want if k not in merged]
     if missing:
         where = "base checkpoint" if missing[0].startswith("image_encoder.") else "SAMed checkpoint"
@@ -579,12 +645,11 @@ class SamedModel(SegmentationModel):
 
         h, w = (int(v) for v in np.asarray(embedding["original_size"]).ravel()[:2])
         masks = self.class_logits(embedding)
+        out, prob = merge_class_logits(masks)
         with torch.no_grad():
-            prob = torch.softmax(masks, dim=1)
-            out = torch.argmax(prob, dim=1).squeeze(0)
             score = float(prob.max(dim=1).values.mean())
             mean_prob = prob.mean(dim=(0, 2, 3)).cpu().numpy()
-        out = out.cpu().numpy()
+        out = out[0]
         out_h, out_w = out.shape
         if h != out_h or w != out_w:
             out = zoom(out, (h / out_h, w / out_w), order=0)

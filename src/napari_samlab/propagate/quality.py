@@ -25,6 +25,11 @@ FLAGS = {
     "intensity": "the mean intensity inside the mask moved by more than flag_intensity_change",
     "seam": "two runs met here and their masks disagree (IoU below flag_min_iou)",
     "cancelled": "propagation was cancelled after this slice",
+    # the classic engine's own doubts (models/classic_track.py)
+    "track_jump": "classic tracking: the area changed by more than track_flag_area",
+    "track_overlap": "classic tracking: IoU with the previous mask below 0.5",
+    "track_weak": "classic tracking: the object's evidence is weak (below twice the stop level)",
+    "track_leak": "classic tracking: a leak into the surroundings was cut",
 }
 
 #: Why a run ended.

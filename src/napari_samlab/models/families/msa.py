@@ -16,7 +16,7 @@ def _detect(sd):
 def _build(sd, ctx):
     from ..msa import build_msa
 
-    return build_msa(sd, device=ctx.device, **ctx.options)
+    return build_msa(sd, device=ctx.device, name=ctx.name, **ctx.options)
 
 
 FAMILY = Family(
@@ -29,5 +29,6 @@ FAMILY = Family(
     prompts=("points",),
     exported_encoder=True,
     propagation_strategy="points",  # trained with single clicks
+    build_options=("image_size", "num_outputs"),  # files that do not record them (--image-size, --num-outputs)
     example_checkpoint="the MSA .pth",
 )

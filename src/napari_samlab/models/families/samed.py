@@ -26,10 +26,11 @@ def _build(sd, ctx):
 
 
 def _auto_window(image, modality=None):
-    from ...base.windowing import Window, default_auto_window, guess_modality
+    from ...base.windowing import Window, default_auto_window, detect_modality
 
-    if guess_modality(image, modality) == "CT":
-        return Window(-125.0, 275.0, "unit", False, "samed-ct")  # Synapse: HU clipped, divided into [0, 1]
+    guess = detect_modality(image, modality)
+    if guess.kind == "CT":  # Synapse: HU clipped, divided into [0, 1] (hu_offset: CT stored as HU + 1024)
+        return Window(-125.0 + guess.hu_offset, 275.0 + guess.hu_offset, "unit", False, "samed-ct")
     return default_auto_window(image, modality=modality)
 
 

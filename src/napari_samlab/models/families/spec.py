@@ -104,6 +104,9 @@ class Family:
     mask_prompt : callable, optional
         ``mask_prompt(mask) -> ndarray``: a painted mask as the family's
         dense prompt (propagation anchors); None: the family has none.
+    build_options : tuple of str
+        Family-specific ``load_model`` keyword options its ``build`` takes
+        (MSA: ``image_size``, ``num_outputs``); others are refused.
     example_checkpoint : str
         A file name users know (``medsam_vit_b.pth``), for messages.
     base_hint : str
@@ -135,6 +138,7 @@ class Family:
     propagation_strategy: Optional[str] = None
     auto_window: Optional[Callable] = None
     mask_prompt: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    build_options: Tuple[str, ...] = ()
     example_checkpoint: str = ""
     base_hint: str = ""
     note: Optional[Callable] = None

@@ -1,0 +1,71 @@
+"""CT/MR recognition for the "auto" window: metadata first, intensities as a tolerant fallback (issue 12.7)."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from napari_samlab.io.readers import read_image
+from napari_samlab.base.windowing import (ModalityGuess, default_auto_window, describe_window, detect_modality,
+                                             modality_from_metadata)
+
+
+def _ct(seed=0, shape=(6, 48, 48)):
+    """A synthetic CT in HU: air outside, fat ring, soft tissue, a bone."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    r = np.hypot(y - shape[1] / 2, x - shape[2] / 2)
+    v = np.full(shape, -1000.0)
+    v[r < 20] = -100  # fat
+    v[r < 16] = 40  # soft tissue
+    v[(r < 4)] = 900  # bone
+    return (v + rng.normal(0, 15, shape)).astype(np.int16)
+
+
+def test_metadata_wins_over_intensities(tmp_path):
+    mr_like = np.random.default_rng(0).integers(0, 400, (5, 32, 32)).astype(np.int16)
+    assert detect_modality(mr_like).kind == "MR"
+    assert detect_modality(mr_like, metadata={"modality": "CT"}) == ModalityGuess("CT", "DICOM Modality", 0.0)
+    assert modality_from_metadata({"header_text": "descrip: T1 MPRAGE"}) == ("MR", "header description")
+    assert modality_from_metadata({"header_text": "descrip: CT abdomen"}) == ("CT", "header description")
+    assert modality_from_metadata({"header_text": "descrip: spm - algebra"}) == (None, "")
+    # a NIfTI whose header says CT: the reader keeps descrip, the detection reads it
+    import nibabel as nib
+
+    nii = nib.Nifti1Image(mr_like.T, np.eye(4))
+    nii.header["descrip"] = b"CT chest 5mm"
+    nib.save(nii, str(tmp_path / "said_ct.nii.gz"))
+    img = sitk.GetImageFromArray(mr_like)
+    img.SetMetaData("NRRD_content", "MR T1")
+    sitk.WriteImage(img, str(tmp_path / "said_mr.nrrd"))
+    for name, kind in (("said_ct.nii.gz", "CT"), ("said_mr.nrrd", "MR")):
+        image = read_image(tmp_path / name)
+        guess = detect_modality(image.array, metadata=image.metadata)
+        assert (guess.kind, guess.source) == (kind, "header description"), image.metadata
+
+
+def test_intensity_fallback_tolerates_cropped_and_shifted_ct():
+    ct = _ct()
+    assert detect_modality(ct).kind == "CT"
+    cropped = ct[:, 10:38, 10:38]  # inside the body: no air, fat and tissue remain
+    assert cropped.min() > -500
+    g = detect_modality(cropped)
+    assert g.kind == "CT" and "cropped" in g.source
+    shifted = (ct.astype(np.int32) + 1024).astype(np.uint16)  # stored as HU + 1024
+    g = detect_modality(shifted)
+    assert g.kind == "CT" and g.hu_offset == 1024
+    # the auto window follows the stored values: same uint8 image as the HU volume gives
+    w_hu, w_sh = default_auto_window(ct, "medsam"), default_auto_window(shifted, "medsam")
+    assert (w_sh.lo - w_hu.lo, w_sh.hi - w_hu.hi) == (1024, 1024)
+    # not CT: an MR volume with a background of zeros, and a z-scored MR with small negatives
+    mr = np.random.default_rng(1).gamma(4.0, 120.0, (5, 32, 32)).astype(np.uint16)
+    mr[:, :4] = 0
+    assert detect_modality(mr).kind == "MR"
+    z = np.random.default_rng(2).normal(0, 1, (5, 32, 32)).astype(np.float32)
+    assert detect_modality(z).kind == "MR"
+    assert detect_modality(np.zeros((32, 32, 3), np.uint8)).kind == "natural"
+
+
+def test_describe_window_says_what_and_why():
+    w = default_auto_window(_ct(), "medsam")
+    line = describe_window(w, detect_modality(_ct()))
+    assert "level" in line and "width" in line and "CT" in line and "\n" not in line
