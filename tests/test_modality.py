@@ -54,7 +54,7 @@ def test_intensity_fallback_tolerates_cropped_and_shifted_ct():
     g = detect_modality(shifted)
     assert g.kind == "CT" and g.hu_offset == 1024
     # the auto window follows the stored values: same uint8 image as the HU volume gives
-    w_hu, w_sh = default_auto_window(ct, "medsam"), default_auto_window(shifted, "medsam")
+    w_hu, w_sh = default_auto_window(ct), default_auto_window(shifted)
     assert (w_sh.lo - w_hu.lo, w_sh.hi - w_hu.hi) == (1024, 1024)
     # not CT: an MR volume with a background of zeros, and a z-scored MR with small negatives
     mr = np.random.default_rng(1).gamma(4.0, 120.0, (5, 32, 32)).astype(np.uint16)
@@ -66,6 +66,6 @@ def test_intensity_fallback_tolerates_cropped_and_shifted_ct():
 
 
 def test_describe_window_says_what_and_why():
-    w = default_auto_window(_ct(), "medsam")
+    w = default_auto_window(_ct())
     line = describe_window(w, detect_modality(_ct()))
     assert "level" in line and "width" in line and "CT" in line and "\n" not in line

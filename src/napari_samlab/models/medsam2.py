@@ -266,7 +266,7 @@ class Sam2Model(SegmentationModel):
 
         # MedSAM2's scripts: CT clipped to a window then min-max to 0-255 (level 40 /
         # width 400 as the MedSAM family's default CT window), MR 0.5-99.5 percentiles
-        return default_auto_window(image, "medsam", modality)
+        return default_auto_window(image, modality=modality)
 
     def describe(self) -> str:
         return f"{PRETTY.get(self.family, self.family)} ({ARCHITECTURES[self.arch]['label']}, SAM {self.version}, {self.image_size} px)"
