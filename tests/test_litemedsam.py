@@ -19,7 +19,6 @@ from napari_samlab.models.sam_family import default_decoder_config, tinyvit_conf
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
-from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_net(path, tcfg=cf.SMALL_TINYVIT):
@@ -71,12 +70,9 @@ def lite_file(tmp_path_factory):
     return cf.save(cf.litemedsam_state_dict(seed=2), tmp_path_factory.mktemp("ck") / "lite_medsam.pth")
 
 
-def test_litemedsam_matches_reference(lite_file):
-    import SimpleITK as sitk
-    from skimage import io
-
-    histo = io.imread(DATA / "histology_he" / "he_histo.jpg")[30:270, 10:330]  # 240×320, not square
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2" / "lung2_image.nrrd")))[28]
+def test_litemedsam_matches_reference(lite_file, histology_rgb, lung):
+    histo = histology_rgb[30:270, 10:330]  # 240×320, not square
+    ct = np.array(lung[0][28])
     ct_u8 = np.clip(ct, -160, 240)
     ct_u8 = np.uint8((ct_u8 - ct_u8.min()) / (ct_u8.max() - ct_u8.min()) * 255.0)
     model = load_model(lite_file)  # detected from the keys

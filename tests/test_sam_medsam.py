@@ -23,7 +23,6 @@ from napari_samlab import errors  # noqa: E402
 from napari_samlab.models.registry import detect_family, load_model, model_from_state_dict  # noqa: E402
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
-from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_sam(path, vit=cf.SMALL_VIT):
@@ -87,17 +86,13 @@ pytestmark = pytest.mark.usefixtures("each_encoder_backend")
 
 
 @pytest.fixture(scope="module")
-def histology():
-    from skimage import io
-
-    return io.imread(DATA / "histology_he" / "he_histo.jpg")[40:260, 60:420]  # 220×360 RGB crop
+def histology(histology_rgb):
+    return np.array(histology_rgb[40:260, 60:420])  # 220×360 RGB crop
 
 
 @pytest.fixture(scope="module")
-def ct_slice():
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2" / "lung2_image.nrrd")))[30]
+def ct_slice(lung):
+    return np.array(lung[0][30])
 
 
 @pytest.fixture(scope="module")
