@@ -60,9 +60,9 @@ def lite_decode_reference(net, emb, new_size, original_size, box):
     return m > 0.5, float(iou[0, 0])
 
 
-# Every test here runs twice: with the upstream PyTorch encoder and with the
-# fastest exported one (issue 6: the fast path must keep masks identical).
-pytestmark = pytest.mark.usefixtures("each_encoder_backend")
+# The mask comparisons run twice: with the upstream PyTorch encoder and with
+# the fastest exported one (issue 6: the fast path must keep masks identical).
+# Layout and prompt checks do not depend on the encoder backend: once.
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,7 @@ def lite_file(tmp_path_factory):
     return cf.save(cf.litemedsam_state_dict(seed=2), tmp_path_factory.mktemp("ck") / "lite_medsam.pth")
 
 
+@pytest.mark.usefixtures("each_encoder_backend")
 def test_litemedsam_matches_reference(lite_file, histology_rgb, lung):
     histo = histology_rgb[30:270, 10:330]  # 240×320, not square
     ct = np.array(lung[0][28])
@@ -110,6 +111,7 @@ def test_eval_order_cannot_go_stale():
         assert torch.equal(a.image_encoder(x), b.image_encoder(x))
 
 
+@pytest.mark.slow
 def test_full_size_layout():
     net = LiteMedSAMNet(LITEMEDSAM_TINYVIT, default_decoder_config())
     sd = net.state_dict()

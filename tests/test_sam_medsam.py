@@ -80,9 +80,9 @@ def ct_pre(slice_hu):
     return np.uint8(x)
 
 
-# Every test here runs twice: with the upstream PyTorch encoder and with the
-# fastest exported one (issue 6: the fast path must keep masks identical).
-pytestmark = pytest.mark.usefixtures("each_encoder_backend")
+# The mask comparisons run twice: with the upstream PyTorch encoder and with
+# the fastest exported one (issue 6: the fast path must keep masks identical).
+# Layout and prompt checks do not depend on the encoder backend: once.
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,7 @@ def sam_file(tmp_path_factory):
     return cf.save(cf.sam_state_dict(seed=1), tmp_path_factory.mktemp("ck") / "medsam_vit_b.pth", "model")
 
 
+@pytest.mark.usefixtures("each_encoder_backend")
 def test_medsam_matches_reference(sam_file, histology, ct_slice):
     model = load_model(sam_file, family="medsam")
     ref = reference_sam(sam_file)
@@ -126,6 +127,7 @@ def test_medsam_refuses_points(sam_file, histology):
         pred.predict(points=[(10, 10)], point_labels=[1])
 
 
+@pytest.mark.usefixtures("each_encoder_backend")
 def test_sam_matches_sampredictor(sam_file, histology, ct_slice):
     from segment_anything import SamPredictor
 
@@ -160,6 +162,7 @@ def test_sam_matches_sampredictor(sam_file, histology, ct_slice):
         assert np.array_equal(m, masks[0])
 
 
+@pytest.mark.slow
 def test_full_size_vit_b_layout():
     sd = cf.sam_state_dict(cf.VIT_B, randomize=False)
     assert len(sd) == 314
@@ -175,6 +178,7 @@ def test_full_size_vit_b_layout():
     assert model.family == "medsam" and model.config["backbone"] == "vit_b"
 
 
+@pytest.mark.slow
 def test_mobilesam_loads_as_sam():
     sd = cf.mobilesam_state_dict()
     info = detect_family(sd)
