@@ -1,4 +1,8 @@
-"""Shared fixtures: paths to real data, small helpers."""
+"""Shared fixtures: the repository's real sample data, small helpers.
+
+Tests read only what the repository holds (``sample_data/``) or what they
+generate: a clone with nothing beside it runs every test.
+"""
 from __future__ import annotations
 
 import os
@@ -22,9 +26,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_data"
-# ../shared/data sits beside the checkout (also in CI)
-SHARED_DATA = Path(os.environ.get("SAMLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 ARTIFACTS = REPO / "test-artifacts"
+
+# The bundled samples (see sample_data/README.md): the project's real data,
+# converted losslessly (pixel values and geometry unchanged; the CT tumour
+# label stored as uint8, the MRI brain mask binarised to 0/1).
+CT_CHEST = SAMPLES / "ct_chest_lung2.nrrd"                     # 512x512x61 int16 HU
+CT_TUMOUR = SAMPLES / "ct_chest_lung2_tumour.nrrd"             # tumour = 1, slices 15..25
+MRI_T1 = SAMPLES / "mri_brain_colin27_t1.nii.gz"               # 181x217x181 uint8
+MRI_BRAIN = SAMPLES / "mri_brain_colin27_brain_mask.nii.gz"    # brain = 1
+NUCLEI = SAMPLES / "nuclei.tif"                                # 512x512 uint16
+NUCLEI_LABELS = SAMPLES / "nuclei_labels.tif"                  # 125 instances
+HISTOLOGY = SAMPLES / "he_histology.jpg"                       # 300x500 RGB
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +45,37 @@ def samples() -> Path:
     return SAMPLES
 
 
+def read_array(path: Path) -> np.ndarray:
+    """A sample as a NumPy array (z, y, x) through SimpleITK."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def lung():
+    """The chest CT (z, y, x int16 HU) and its tumour truth (bool). Read-only."""
+    vol, truth = read_array(CT_CHEST), read_array(CT_TUMOUR) == 1
+    vol.flags.writeable = truth.flags.writeable = False
+    return vol, truth
+
+
+@pytest.fixture(scope="session")
+def brain():
+    """The T1 MRI (z, y, x uint8) and its brain mask (bool). Read-only."""
+    vol, truth = read_array(MRI_T1), read_array(MRI_BRAIN) > 0
+    vol.flags.writeable = truth.flags.writeable = False
+    return vol, truth
+
+
+@pytest.fixture(scope="session")
+def histology_rgb() -> np.ndarray:
+    """The H&E image, 300x500x3 uint8. Read-only."""
+    from skimage import io
+
+    rgb = io.imread(str(HISTOLOGY))
+    rgb.flags.writeable = False
+    return rgb
 
 
 @pytest.fixture(scope="session")

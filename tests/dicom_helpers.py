@@ -17,10 +17,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from conftest import SHARED_DATA
+from conftest import CT_CHEST, CT_TUMOUR
 
-LUNG2 = SHARED_DATA / "ct_chest_lung2" / "lung2_image.nrrd"
-LUNG2_LABEL = SHARED_DATA / "ct_chest_lung2" / "lung2_label.nrrd"
+# the repository's chest CT sample (lung2) and its tumour label (uint8, 1 = tumour)
+LUNG2 = CT_CHEST
+LUNG2_LABEL = CT_TUMOUR
 
 
 def pydicom_test_dir(sub: str) -> Path:

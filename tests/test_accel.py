@@ -342,39 +342,81 @@ def test_cancellable_is_per_thread_and_nests():
     assert current_cancel_event() is None
 
 
+def _spy_on_interruption(backend, monkeypatch, started, outcome):
+    """Patch the backend's run calls: ``started`` fires when an encode that can be
+    cancelled begins; ``outcome`` gets "stopped" when the backend really
+    stopped it part-way, "finished" when it ran to the end."""
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        real_run = ort.InferenceSession.run
+
+        def run(self, output_names, input_feed, run_options=None):
+            if run_options is None:
+                return real_run(self, output_names, input_feed)
+            started.set()
+            try:
+                out = real_run(self, output_names, input_feed, run_options)
+            except Exception:
+                outcome.append("stopped")  # RunOptions.terminate ended it between kernels
+                raise
+            outcome.append("finished")
+            return out
+
+        monkeypatch.setattr(ort.InferenceSession, "run", run)
+    elif backend == "openvino":
+        import openvino as ov
+
+        real_start, real_wait = ov.InferRequest.start_async, ov.InferRequest.wait
+
+        def start_async(self, *args, **kwargs):
+            started.set()
+            return real_start(self, *args, **kwargs)
+
+        def wait(self):  # called only after request.cancel()
+            try:
+                real_wait(self)
+            except RuntimeError:
+                outcome.append("stopped")  # "Infer Request was canceled"
+                raise
+            outcome.append("finished")
+
+        monkeypatch.setattr(ov.InferRequest, "start_async", start_async)
+        monkeypatch.setattr(ov.InferRequest, "wait", wait)
+
+
 @pytest.mark.parametrize("backend", ["torch", *EXPORT_BACKENDS])
 def test_cancel_stops_an_encode(backend, tmp_path, monkeypatch):
+    # how much sooner a cancelled encode returns is measured by
+    # benchmarks/bench_cancel.py; here: that the backend really stopped it
     import threading
-    import time
 
     from napari_samlab.errors import Cancelled
     from napari_samlab.base.cancel import cancellable
 
     monkeypatch.setenv("SAMLAB_CACHE_DIR", str(tmp_path))
     model = TinyModel(slow_encoder(), backend)
-    size = 128 if backend == "torch" else 384  # torch is not timed: it always finishes its forward pass
+    size = 128 if backend == "torch" else 384  # torch always finishes its forward pass: keep it short
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     want = model.encode(x)["image_embedding"]  # exports; outside cancellable(): runs as before
     assert model.last_encoder_backend == backend
-    t0 = time.perf_counter()
-    model.encode(x)
-    full = time.perf_counter() - t0
 
     stop = threading.Event()
     stop.set()
     with cancellable(stop), pytest.raises(Cancelled):  # set before: nothing runs
         model.encode(x)
 
+    started, outcome = threading.Event(), []
+    _spy_on_interruption(backend, monkeypatch, started, outcome)
     stop = threading.Event()
-    timer = threading.Timer(0.05, stop.set)
-    t0 = time.perf_counter()
-    timer.start()
+    # set the event once the backend's run has begun (torch: at once)
+    setter = threading.Thread(target=lambda: (backend == "torch" or started.wait(), stop.set()))
+    setter.start()
     with cancellable(stop), pytest.raises(Cancelled):
         model.encode(x)
-    took = time.perf_counter() - t0
-    timer.join()
+    setter.join()
     if backend != "torch":  # torch finishes its forward pass, then stops
-        assert took < 0.5 * full, f"cancelled encode took {took:.2f} s, a full one {full:.2f} s"
+        assert started.is_set() and outcome == ["stopped"], outcome
     # the model is still usable, with the same result
     with cancellable(threading.Event()):
         again = model.encode(x)["image_embedding"]

@@ -15,7 +15,7 @@ from napari_samlab.models.base import Prompt
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.base.windowing import apply_window, resolve_window
 
-from conftest import dice
+from conftest import NUCLEI, NUCLEI_LABELS, dice
 
 
 def _bbox(mask):
@@ -46,29 +46,11 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def lung(shared_data):
-    sitk = pytest.importorskip("SimpleITK")
-    d = shared_data / "ct_chest_lung2"
-    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung2_image.nrrd")))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "lung2_label.nrrd"))) == 1
-    return vol, truth
+def nuclei(model):
+    import tifffile
 
-
-@pytest.fixture(scope="module")
-def brain(shared_data):
-    sitk = pytest.importorskip("SimpleITK")
-    d = shared_data / "mri_brain_colin27"
-    vol = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "colin27_t1.nii.gz")))
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "colin27_t1_brain.nii.gz"))) > 0
-    return vol, truth
-
-
-@pytest.fixture(scope="module")
-def nuclei(shared_data, model):
-    tifffile = pytest.importorskip("tifffile")
-    d = shared_data / "microscopy_nuclei"
-    img = tifffile.imread(str(d / "nuclei_img2d.tif"))
-    labels = tifffile.imread(str(d / "nuclei_mask2d.tif"))
+    img = tifffile.imread(str(NUCLEI))
+    labels = tifffile.imread(str(NUCLEI_LABELS))
     emb = model.encode(apply_window(img, resolve_window("auto", img, model)))
     return img, labels, emb
 
@@ -229,9 +211,8 @@ def test_mask_input_carries_to_next_slice(model, lung):
     assert dice(nxt2.mask, truth[21]) >= 0.90
 
 
-def test_rgb_histology_box(model, shared_data):
-    io = pytest.importorskip("skimage.io")
-    rgb = io.imread(str(shared_data / "histology_he" / "he_histo.jpg"))
+def test_rgb_histology_box(model, histology_rgb):
+    rgb = histology_rgb
     assert rgb.ndim == 3 and rgb.shape[-1] == 3
     emb = model.encode(rgb)
     assert emb["feature"].shape[:2] == rgb.shape[:2]
@@ -254,7 +235,7 @@ def test_small_boxes_do_not_crash(model):
         assert not (pred.mask & ~_box_mask((30, 30), box)).any()
 
 
-def test_with_slice_predictor(shared_data, lung):
+def test_with_slice_predictor(lung):
     from napari_samlab.predict.predictor import SlicePredictor
 
     vol, truth = lung

@@ -52,7 +52,7 @@ def _upstream(pe, md, feats, p, multimask):
               dense_prompt_embeddings=dense, multimask_output=multimask)
 
 
-@pytest.fixture(scope="module", params=["small", "full"])
+@pytest.fixture(scope="module", params=["small", pytest.param("full", marks=pytest.mark.slow)])
 def decoder(request):
     dec = SMALL_DEC if request.param == "small" else default_decoder_config()
     pe, md = _decoder(dec, seed=1 if request.param == "small" else 2)

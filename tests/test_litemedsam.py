@@ -19,7 +19,6 @@ from napari_samlab.models.sam_family import default_decoder_config, tinyvit_conf
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
-from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_net(path, tcfg=cf.SMALL_TINYVIT):
@@ -61,9 +60,9 @@ def lite_decode_reference(net, emb, new_size, original_size, box):
     return m > 0.5, float(iou[0, 0])
 
 
-# Every test here runs twice: with the upstream PyTorch encoder and with the
-# fastest exported one (issue 6: the fast path must keep masks identical).
-pytestmark = pytest.mark.usefixtures("each_encoder_backend")
+# The mask comparisons run twice: with the upstream PyTorch encoder and with
+# the fastest exported one (issue 6: the fast path must keep masks identical).
+# Layout and prompt checks do not depend on the encoder backend: once.
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +70,10 @@ def lite_file(tmp_path_factory):
     return cf.save(cf.litemedsam_state_dict(seed=2), tmp_path_factory.mktemp("ck") / "lite_medsam.pth")
 
 
-def test_litemedsam_matches_reference(lite_file):
-    import SimpleITK as sitk
-    from skimage import io
-
-    histo = io.imread(DATA / "histology_he" / "he_histo.jpg")[30:270, 10:330]  # 240×320, not square
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2" / "lung2_image.nrrd")))[28]
+@pytest.mark.usefixtures("each_encoder_backend")
+def test_litemedsam_matches_reference(lite_file, histology_rgb, lung):
+    histo = histology_rgb[30:270, 10:330]  # 240×320, not square
+    ct = np.array(lung[0][28])
     ct_u8 = np.clip(ct, -160, 240)
     ct_u8 = np.uint8((ct_u8 - ct_u8.min()) / (ct_u8.max() - ct_u8.min()) * 255.0)
     model = load_model(lite_file)  # detected from the keys
@@ -114,6 +111,7 @@ def test_eval_order_cannot_go_stale():
         assert torch.equal(a.image_encoder(x), b.image_encoder(x))
 
 
+@pytest.mark.slow
 def test_full_size_layout():
     net = LiteMedSAMNet(LITEMEDSAM_TINYVIT, default_decoder_config())
     sd = net.state_dict()

@@ -388,6 +388,7 @@ def test_incomplete_checkpoint(tmp_path):
         build_msa(sd)
 
 
+@pytest.mark.slow
 def test_full_size_vit_b_generation_c_layout():
     """Full ViT-B MSA (generation C, 1024 px): every key and shape of the file loads; no forward."""
     layout = msa_layout("C", dim=768, depth=12, heads=12, global_idx=(2, 5, 8, 11), image_size=1024)

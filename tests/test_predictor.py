@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -206,27 +205,26 @@ def test_point_validation(ct):
     assert pred.extra["labels"] == [1, 1]
 
 
-def test_cached_set_image_is_fast(ct):
-    p = SlicePredictor(FakeModel())
+def test_cached_set_image_reuses_the_embedding(ct):
+    # how fast a cached set_image is (target <= 5 ms) is measured by
+    # benchmarks/bench_predictor.py; here: that it really is a cache hit
+    model = FakeModel()
+    p = SlicePredictor(model)
     p.set_image(ct[0], window="auto")
-    times = []
+    first = p.embedding
     for _ in range(7):
-        t = time.perf_counter()
-        p.set_image(ct[0], window="auto")
-        times.append(time.perf_counter() - t)
-    assert p.encoder_calls == 1
-    assert np.median(times) < 0.05  # target ≤ 5 ms; loose for a loaded CI machine
+        p.set_image(ct[0].copy(), window="auto")  # equal pixels, another array
+        assert p.embedding is first
+    assert p.encoder_calls == 1 and p.memory_hits == 7 and len(model.seen) == 1
 
 
 @pytest.fixture(scope="module")
-def small_medsam():
+def small_medsam(lung):
     """A small random MedSAM and a real CT slice (building the model takes seconds: once per module)."""
-    import SimpleITK as sitk
-
     import checkpoint_factory as cf
     from napari_samlab.models.registry import model_from_state_dict
 
-    ct = sitk.GetArrayFromImage(sitk.ReadImage("/work/shared/data/ct_chest_lung2/lung2_image.nrrd"))[30]
+    ct = np.array(lung[0][30])
     return model_from_state_dict(cf.sam_state_dict(seed=1), "medsam", "m.pth"), ct
 
 

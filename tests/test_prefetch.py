@@ -7,7 +7,10 @@ are encoded in a low-priority thread; moving, prompting, propagating or
 closing stops it mid-encode (``base.cancel.cancellable``), so the user's
 action never waits for a background encode.  ``SlowOracle`` is the oracle
 segmenter with an encode that takes ``delay`` seconds and stops when
-cancelled, the way an exported encoder does.
+cancelled, the way an exported encoder does.  No test reads the clock: a
+"long" encode here (60 s) outlasts every wait of the test, so an action
+that waited for it would fail; the latencies themselves are measured by
+benchmarks/bench_gui_latency.py.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from napari_samlab.widgets import SegmentationWidget  # noqa: E402
 from napari_samlab.widgets._session import session_for  # noqa: E402
 
 N, Z_MID = 16, 7  # napari shows slice 7 first
+LONG = 60.0  # seconds: an encode that outlasts every wait below unless it is stopped
 BOX = (10, 12, 30, 34)  # around the object (x0, y0, x1, y1)
 
 
@@ -68,8 +72,7 @@ class SlowOracle(OracleModel):
             import threading
 
             self.nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        end = time.perf_counter() + self.delay
-        while time.perf_counter() < end:
+        for _ in range(round(self.delay / 0.005)):  # 5 ms steps, no clock read
             raise_if_cancelled()  # as an exported encoder does inside cancellable()
             time.sleep(0.005)
         return super().encode(image)
@@ -118,7 +121,8 @@ def test_moving_prefetches_slice_then_neighbours(make_napari_viewer, qtbot, volu
     panel = seg.propagation
     panel.prefetch_check.setChecked(True)
     seg.set_slice(5)  # down from the middle
-    qtbot.waitUntil(lambda: panel.prefetched == [5, 4, 6, 3, 7] and not panel.prefetching, timeout=30000)
+    # a limit for a loaded machine, not a speed check (five LiteMedSAM encodes)
+    qtbot.waitUntil(lambda: panel.prefetched == [5, 4, 6, 3, 7] and not panel.prefetching, timeout=120000)
     panel.prefetch_check.setChecked(False)
     calls = seg.session.predictor.encoder_calls
     assert _cached(seg, vol, range(2, 10)) == [3, 4, 5, 6, 7]
@@ -152,22 +156,21 @@ def test_moving_again_cancels_and_restarts(make_napari_viewer, qtbot, volume):
 
 
 def test_prompt_during_slow_prefetch_is_answered_at_once(make_napari_viewer, qtbot, volume):
-    """(c) a 3 s background encode does not hold up the user's prompt on a cached slice."""
+    """(c) a long background encode does not hold up the user's prompt on a cached slice."""
     vol, truth = volume
-    model = SlowOracle(vol, truth, delay=3.0)
+    model = SlowOracle(vol, truth, delay=LONG)
     viewer, seg = _setup(make_napari_viewer, vol, model)
     panel = seg.propagation
     model.delay = 0.0
     assert _cached(seg, vol, [Z_MID]) == []  # the displayed slice: encoded now, cached from here on
-    model.delay = 3.0
-    panel.prefetch_check.setChecked(True)  # skips the cached slice, starts a 3 s encode of a neighbour
+    model.delay = LONG
+    panel.prefetch_check.setChecked(True)  # skips the cached slice, starts a long encode of a neighbour
     qtbot.waitUntil(lambda: len(model.started) == 2 and panel.prefetching, timeout=10000)
     time.sleep(0.2)
-    t0 = time.perf_counter()
     seg.set_box(*BOX)
-    mask = seg.segment(wait=True, timeout=30)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.5, f"the prompt waited {elapsed:.1f} s for the background encode"
+    # a prompt that waited for the background encode would time out here
+    mask = seg.segment(wait=True, timeout=20)
+    assert mask is not None, "the prompt waited for the background encode"
     assert np.array_equal(mask, truth[Z_MID] & _box_mask(BOX, truth.shape[1:]))
     assert model.encoded == [Z_MID]  # the neighbour's encode was stopped, not finished
 
@@ -196,21 +199,20 @@ def test_cancel_stops_propagation_mid_encode(make_napari_viewer, qtbot, volume):
     from qtpy.QtCore import Qt
 
     vol, truth = volume
-    model = SlowOracle(vol, truth, delay=5.0)
+    model = SlowOracle(vol, truth, delay=LONG)
     viewer, seg = _setup(make_napari_viewer, vol, model)
     panel = seg.propagation
     model.delay = 0.0
     _cached(seg, vol, [Z_MID])  # the anchor slice answers at once
-    model.delay = 5.0
+    model.delay = LONG
     seg.live_check.setChecked(False)
     seg.set_box(*BOX)
     seg.propagate()
     qtbot.waitUntil(lambda: len(model.started) == 2, timeout=10000)  # encoding the first neighbour
     time.sleep(0.2)
-    t0 = time.perf_counter()
     qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    # stops part-way through the neighbour's encode (it would take LONG seconds)
     qtbot.waitUntil(lambda: not panel.running, timeout=10000)
-    assert time.perf_counter() - t0 < 1.5
     assert model.encoded == [Z_MID]
     assert not [m for m in seg.notes.messages if m[0] == "error"]
     assert "cancelled" in panel.summary.text()

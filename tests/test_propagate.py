@@ -26,7 +26,6 @@ from napari_samlab.propagate import (
 from napari_samlab.propagate.oracle import OracleModel
 from napari_samlab.propagate.quality import bbox
 
-from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 # ----------------------------------------------------------------------
@@ -70,12 +69,8 @@ def test_oracle_ellipsoid_reaches_the_whole_object():
     assert {"stopped_here"} <= res.records[lo].flags and {"stopped_here"} <= res.records[hi].flags
 
 
-@pytest.mark.skipif(not (DATA / "ct_chest_lung2/lung2_label.nrrd").exists(), reason="shared data not present")
-def test_oracle_on_real_lung_tumour_crop():
-    import SimpleITK as sitk
-
-    img = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_image.nrrd")))
-    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_label.nrrd"))) == 1
+def test_oracle_on_real_lung_tumour_crop(lung):
+    img, lab = lung
     vol, truth = img[10:30, 280:440, 270:430], lab[10:30, 280:440, 270:430]
     assert truth.sum() == lab.sum()
     z = 10  # the middle of the tumour's extent (15..25 in the full volume)
@@ -401,13 +396,10 @@ def test_interpolation_towards_an_empty_annotated_slice_shrinks():
 
 
 # -- the classic engine's own step ("track") ------------------------------
-@pytest.mark.skipif(not (DATA / "ct_chest_lung2/lung2_label.nrrd").exists(), reason="shared data not present")
-def test_classic_track_follows_the_real_tumour_and_stops():
-    import SimpleITK as sitk
+def test_classic_track_follows_the_real_tumour_and_stops(lung):
     from napari_samlab.models.classic import ClassicModel
 
-    img = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_image.nrrd")))
-    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2/lung2_label.nrrd"))) == 1
+    img, lab = lung
     vol, truth = img[:, 280:440, 270:430], lab[:, 280:440, 270:430]
     pred = SlicePredictor(ClassicModel())
     res = propagate_from_prompt(pred, vol, 20, Prompt(box=bbox(truth[20])), window="auto", modality="CT")

@@ -23,7 +23,6 @@ from napari_samlab import errors  # noqa: E402
 from napari_samlab.models.registry import detect_family, load_model, model_from_state_dict  # noqa: E402
 from napari_samlab.predict.predictor import SlicePredictor  # noqa: E402
 
-from conftest import SHARED_DATA as DATA  # ../shared/data beside the checkout
 
 
 def reference_sam(path, vit=cf.SMALL_VIT):
@@ -81,23 +80,19 @@ def ct_pre(slice_hu):
     return np.uint8(x)
 
 
-# Every test here runs twice: with the upstream PyTorch encoder and with the
-# fastest exported one (issue 6: the fast path must keep masks identical).
-pytestmark = pytest.mark.usefixtures("each_encoder_backend")
+# The mask comparisons run twice: with the upstream PyTorch encoder and with
+# the fastest exported one (issue 6: the fast path must keep masks identical).
+# Layout and prompt checks do not depend on the encoder backend: once.
 
 
 @pytest.fixture(scope="module")
-def histology():
-    from skimage import io
-
-    return io.imread(DATA / "histology_he" / "he_histo.jpg")[40:260, 60:420]  # 220×360 RGB crop
+def histology(histology_rgb):
+    return np.array(histology_rgb[40:260, 60:420])  # 220×360 RGB crop
 
 
 @pytest.fixture(scope="module")
-def ct_slice():
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / "ct_chest_lung2" / "lung2_image.nrrd")))[30]
+def ct_slice(lung):
+    return np.array(lung[0][30])
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +100,7 @@ def sam_file(tmp_path_factory):
     return cf.save(cf.sam_state_dict(seed=1), tmp_path_factory.mktemp("ck") / "medsam_vit_b.pth", "model")
 
 
+@pytest.mark.usefixtures("each_encoder_backend")
 def test_medsam_matches_reference(sam_file, histology, ct_slice):
     model = load_model(sam_file, family="medsam")
     ref = reference_sam(sam_file)
@@ -131,6 +127,7 @@ def test_medsam_refuses_points(sam_file, histology):
         pred.predict(points=[(10, 10)], point_labels=[1])
 
 
+@pytest.mark.usefixtures("each_encoder_backend")
 def test_sam_matches_sampredictor(sam_file, histology, ct_slice):
     from segment_anything import SamPredictor
 
@@ -165,6 +162,7 @@ def test_sam_matches_sampredictor(sam_file, histology, ct_slice):
         assert np.array_equal(m, masks[0])
 
 
+@pytest.mark.slow
 def test_full_size_vit_b_layout():
     sd = cf.sam_state_dict(cf.VIT_B, randomize=False)
     assert len(sd) == 314
@@ -180,6 +178,7 @@ def test_full_size_vit_b_layout():
     assert model.family == "medsam" and model.config["backbone"] == "vit_b"
 
 
+@pytest.mark.slow
 def test_mobilesam_loads_as_sam():
     sd = cf.mobilesam_state_dict()
     info = detect_family(sd)

@@ -374,6 +374,7 @@ def test_samed_h_with_vit_b_base_is_refused():
         build_samed(lora_b, _fake_base(1280, 32, [7, 15, 23, 31]))
 
 
+@pytest.mark.slow
 def test_full_size_vit_b_samed_keys_and_shapes():
     """Full ViT-B SAMed built from a full-size base: LoRA count/shapes, resized tables, merge rows. No forward."""
     with torch.device("meta"):

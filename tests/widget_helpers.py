@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -10,37 +9,13 @@ from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.predictor import SlicePredictor
 from napari_samlab.base.windowing import resolve_window
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def sample_layers(name: str) -> list:
-    """LayerData tuples of a bundled sample (``histology``, ``ct_chest``, ...).
+    """LayerData tuples of a bundled sample (``histology``, ``ct_chest``, ...),
+    exactly as File > Open Sample gives them (from the repository's sample_data/)."""
+    from napari_samlab.napari_plugin import sample_data
 
-    Falls back to the raw files in shared/data when the sample module or
-    its files are missing, so the widget tests do not depend on them.
-    """
-    try:
-        from napari_samlab.napari_plugin import sample_data
-
-        return getattr(sample_data, name)()
-    except (ImportError, FileNotFoundError, AttributeError):
-        pass
-    import SimpleITK as sitk
-
-    if name == "histology":
-        import imageio.v3 as iio
-
-        return [(iio.imread(SHARED / "histology_he" / "he_histo.jpg"), {"name": "H&E histology", "rgb": True}, "image")]
-    if name == "ct_chest":
-        out = []
-        for f, nm, kind in (("lung2_image.nrrd", "CT chest", "image"), ("lung2_label.nrrd", "lung tumour (truth)", "labels")):
-            img = sitk.ReadImage(str(SHARED / "ct_chest_lung2" / f))
-            meta = {"spacing": list(img.GetSpacing()), "origin": list(img.GetOrigin()),
-                    "direction": list(img.GetDirection()), "modality": "CT" if kind == "image" else None}
-            out.append((sitk.GetArrayFromImage(img), {"name": nm, "scale": tuple(reversed(img.GetSpacing())),
-                                                      "metadata": {"samlab": meta}}, kind))
-        return out
-    raise ValueError(name)
+    return getattr(sample_data, name)()
 
 
 def add_layers(viewer, layer_data) -> list:
@@ -68,18 +43,24 @@ class SlowClassic(ClassicModel):
     results are dropped.
     """
 
-    def __init__(self, delay: float = 1.0):
+    def __init__(self, delay: float = 1.0, events: list | None = None):
         super().__init__()
         self.delay = float(delay)
         self.encodes = 0
+        self.events = events  # when given: "encode start"/"encode end" appended
 
     def fingerprint(self) -> str:
         return super().fingerprint() + f"-slow{self.delay}"
 
     def encode(self, image):
-        end = time.perf_counter() + self.delay
-        while time.perf_counter() < end:
+        # sleeps in 10 ms steps, as a device wait would (no clock read: the
+        # tests count encodes and order of events, never durations)
+        if self.events is not None:
+            self.events.append("encode start")
+        for _ in range(max(1, round(self.delay / 0.01))):
             time.sleep(0.01)
+        if self.events is not None:
+            self.events.append("encode end")
         self.encodes += 1
         return super().encode(image)
 

@@ -155,6 +155,18 @@ def read_image(path, timepoint: Optional[int] = None) -> Image:
     return images[0]
 
 
+def _segments_of(path: Path, reader) -> list:
+    """Segment names/colours: 3D Slicer's .seg.nrrd fields, or an ITK-SNAP
+    label file beside the image (see io/segments.py)."""
+    from .segments import is_seg_nrrd, read_itksnap, segments_from_fields, sidecar_path
+
+    if is_seg_nrrd(path):
+        return segments_from_fields({k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()
+                                     if k.startswith("Segment")})
+    side = sidecar_path(path)
+    return read_itksnap(side) if side.is_file() else []
+
+
 def _series_uid_of(path) -> Optional[str]:
     import pydicom
 
@@ -237,6 +249,9 @@ def _read_with_sitk(path: Path, timepoint: Optional[int], keep_time: bool) -> Im
         meta["header_text"] = "; ".join(said)[:500]
     if itk_image.GetDimension() == 4:
         meta["time_axis"] = True
+    segments = _segments_of(path, reader)
+    if segments:
+        meta["segments"] = segments
     image = Image(array, spacing, origin, tuple(direction.ravel()), max(1, ncomp), meta)
     return image
 

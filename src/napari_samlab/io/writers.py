@@ -1,9 +1,10 @@
 """Writing label images that line up voxel for voxel with their source."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -11,10 +12,13 @@ from ..errors import SamlabError
 from .atomic import atomic_output
 from .image import Image
 from .readers import image_extension
+from .segments import is_seg_nrrd, itksnap_text, normalize_segments, sidecar_path, slicer_fields
 
-LABEL_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha", ".tif", ".tiff", ".png", ".dcm")
+LABEL_FORMATS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".tif", ".tiff", ".png", ".dcm")
 # formats that store no origin/direction (and PNG no spacing either)
 _FLAT_FORMATS = (".png", ".tif", ".tiff")
+# volume formats whose segment names/colours go to an ITK-SNAP label file beside them
+_SIDECAR_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def label_dtype(labels: np.ndarray):
@@ -27,7 +31,8 @@ def label_dtype(labels: np.ndarray):
     return np.uint32
 
 
-def write_labels(labels: np.ndarray, image: Image, path, segment_names: Optional[Dict[int, str]] = None) -> Path:
+def write_labels(labels: np.ndarray, image: Image, path, segment_names: Optional[Dict[int, str]] = None,
+                 segments: Optional[Sequence[dict]] = None) -> Path:
     """Write ``labels`` on ``image``'s grid to ``path`` (format from the extension).
 
     Parameters
@@ -37,10 +42,19 @@ def write_labels(labels: np.ndarray, image: Image, path, segment_names: Optional
     image : Image
         The source image whose spacing, origin and direction are written.
     path : str or Path
-        ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.tif``, ``.png``, or
+        ``.nii.gz``, ``.nii``, ``.nrrd``, ``.seg.nrrd`` (3D Slicer), ``.mha``, ``.tif``, ``.png``, or
         ``.dcm`` for a DICOM Segmentation of a DICOM source.
     segment_names : dict, optional
-        Label value -> name (used by DICOM SEG).
+        Label value -> name.
+    segments : sequence of dict, optional
+        ``[{"label": 1, "name": "tumour", "color": (r, g, b)}, ...]`` (colour
+        in 0..1 or 0..255).  Names and colours are written where review tools
+        read them (see :mod:`napari_samlab.io.segments`): 3D Slicer's segment
+        fields in a ``.seg.nrrd`` (always written there, default names for
+        unnamed labels), an ITK-SNAP label description file
+        ``<stem>.label.txt`` beside a NIfTI/NRRD/MHA (when names or segments
+        are given; a stale one from an earlier save is removed), the
+        segment labels of a DICOM SEG.
 
     Returns
     -------
@@ -77,12 +91,19 @@ def write_labels(labels: np.ndarray, image: Image, path, segment_names: Optional
     if ext == ".dcm":
         from .dicom_seg import write_dicom_seg
 
+        if segments:
+            segment_names = {s["label"]: s["name"] for s in normalize_segments(segments, segment_names)}
         write_dicom_seg(labels, image, path, segment_names=segment_names)
         return path
     if ext in _FLAT_FORMATS:
         _check_flat_format(ext, labels, image, path)
     labels = labels.astype(label_dtype(labels), copy=False)
-    _write_sitk(labels, image, path, ext)
+    fields, sidecar = {}, None
+    if is_seg_nrrd(path):
+        fields = slicer_fields(normalize_segments(segments, segment_names, labels), labels)
+    elif ext in _SIDECAR_FORMATS and (segments or segment_names):
+        sidecar = itksnap_text(normalize_segments(segments, segment_names, labels))
+    _write_sitk(labels, image, path, ext, fields, sidecar)
     return path
 
 
@@ -120,16 +141,26 @@ def to_sitk(labels: np.ndarray, image: Image):
     return out
 
 
-def _write_sitk(labels: np.ndarray, image: Image, path: Path, ext: str) -> None:
+def _write_sitk(labels: np.ndarray, image: Image, path: Path, ext: str, fields: Optional[Dict[str, str]] = None,
+                sidecar: Optional[str] = None) -> None:
+    """Write the image (with header ``fields``) and, if given, the label file
+    beside it; both appear together or neither does."""
     import SimpleITK as sitk
 
     itk_image = to_sitk(labels, image)
+    for key, value in (fields or {}).items():
+        itk_image.SetMetaData(key, value)
     writer = sitk.ImageFileWriter()
-    writer.SetUseCompression(ext in (".nii.gz", ".nrrd", ".mha", ".tif", ".tiff"))
+    writer.SetUseCompression(ext in (".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".tif", ".tiff"))
+    side = sidecar_path(path)
     try:
-        with atomic_output(path) as tmp:
+        with atomic_output(path) as tmp, contextlib.ExitStack() as stack:
+            if sidecar is not None:
+                stack.enter_context(atomic_output(side)).write_text(sidecar, encoding="utf-8")
             writer.SetFileName(str(tmp))
             writer.Execute(itk_image)
+        if sidecar is None and ext in _SIDECAR_FORMATS and side.exists():
+            side.unlink()  # names of an earlier save would be read back as this file's
     except RuntimeError as err:
         raise SamlabError(f"could not write {path.name}: {str(err).strip().splitlines()[-1][:160]}") from None
     except OSError as err:

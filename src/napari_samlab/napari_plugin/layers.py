@@ -34,6 +34,11 @@ def image_layer_data(image: Image, name: Optional[str] = None, as_labels: Option
                      "affine": affine}
     kwargs.update(transform)
     if as_labels:
+        segments = image.metadata.get("segments")
+        if segments:  # names and colours saved with the file (.seg.nrrd fields or a label file)
+            kwargs["features"] = {"label": [s["label"] for s in segments], "name": [s["name"] for s in segments]}
+            kwargs["colormap"] = {None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0),
+                                  **{s["label"]: (*s["color"], 1.0) for s in segments}}
         return image.array.astype(np.int32, copy=False) if image.array.dtype.kind == "u" and image.array.dtype.itemsize >= 4 else image.array, kwargs, "labels"
     if image.channels > 1:
         if image.rgb:
