@@ -310,7 +310,7 @@ class Sam2Model(SegmentationModel):
         """Image features of one windowed slice (uint8 (H, W) or (H, W, 3))."""
         import torch
 
-        from ..propagate.memory import frame_tensor
+        from .sam2_inputs import frame_tensor
 
         x = frame_tensor(image, self.image_size).unsqueeze(0).to(self.device)
         with torch.inference_mode():
@@ -323,7 +323,7 @@ class Sam2Model(SegmentationModel):
         """Mask of one prompted slice: the video predictor's answer on an un-tracked frame."""
         import torch
 
-        from ..propagate.memory import prompt_tensors
+        from .sam2_inputs import prompt_tensors
 
         h, w = (int(v) for v in embedding["original_size"])
         fpn = [torch.from_numpy(embedding[f"fpn{i}"]).to(self.device) for i in range(3)]

@@ -6,8 +6,7 @@
   napari's ``thread_worker`` with progress and Cancel; its mask goes into
   every slice of the "samlab preview" layer (nothing is committed until the
   user commits);
-* a table lists the per-slice quality records (flagged rows highlighted);
-  clicking a row or "next flagged" (Shift+F) goes to the slice;
+* a table lists the per-slice quality records (flagged rows highlighted); a row or Shift+F goes to the slice;
 * "Re-propagate from here" makes the displayed slice of the preview an
   anchor (other slices changed since keep their edits; completed/locked
   segments are passed as ``locked``);
