@@ -219,9 +219,11 @@ def run_segment(args) -> int:
     ml = n * float(np.prod(image.spacing)) / 1000.0 if image.spatial_ndim == 3 else None
     size = f", {ml:.2f} mL" if ml is not None else ""
     print(f"wrote {out} ({n} voxels labelled{size}) and its provenance {side.name}")
+    report = encoder_report(model)
     hits = predictor.memory_hits + predictor.disk_hits
-    counts = f"; {predictor.encoder_calls} slice(s) encoded, {hits} from the cache" if predictor.encoder_calls + hits else ""
-    print(f"samlab: {encoder_report(model)['summary']}{counts}", file=sys.stderr)
+    used = report["backend"] != "none" and predictor.encoder_calls + hits  # this run's slices went through it
+    counts = f"; {predictor.encoder_calls} slice(s) encoded, {hits} from the cache" if used else ""
+    print(f"samlab: {report['summary']}{counts}", file=sys.stderr)
     return 0
 
 
