@@ -14,7 +14,7 @@ def test_manifest_is_valid_and_discovered():
     pm = PluginManager.instance()
     pm.discover()
     manifest = pm.get_manifest("napari-samlab")
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Model", "Segment", "Review"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Model", "Segment", "Review", "Segment all"}
     assert len(manifest.contributions.sample_data) == 4
 
 

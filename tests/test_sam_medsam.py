@@ -172,8 +172,8 @@ def test_full_size_vit_b_layout():
     assert info.details["vit"]["num_heads"] == 12
     with pytest.raises(errors.SamlabError) as e:
         model_from_state_dict(sd, None, "medsam_vit_b.pth")
-    assert str(e.value) == ("medsam_vit_b.pth is a SAM ViT-B state dict; MedSAM and plain SAM share this layout: "
-                            "pass --model medsam or --model sam")
+    assert e.value.for_cli() == ("medsam_vit_b.pth is a ViT-B state dict; SAM and MedSAM share this layout: "
+                                 "choose --model sam or --model medsam")
     model = model_from_state_dict(sd, "medsam", "medsam_vit_b.pth")
     assert model.family == "medsam" and model.config["backbone"] == "vit_b"
 
