@@ -358,7 +358,7 @@ class ModelWidget(QWidget):
                 u = found[kind] = cache_usage(folder, kind)
                 parts.append(f"{kind} {format_bytes(u.nbytes)} ({u.entries})")
             except SamlabError as err:
-                parts.append(f"{kind}: {err}")
+                parts.append(f"{kind}: {gui_message(err, 'reading the disk cache')}")
         self.disk_usage.setText(" · ".join(parts))
         self.disk_usage.setToolTip("size (entries) of the disk caches:\n" + "\n".join(str(u.folder) for u in found.values()))
         return found
@@ -377,7 +377,7 @@ class ModelWidget(QWidget):
             try:
                 freed[kind] = clear_cache_folder(folder, kind)
             except SamlabError as err:
-                problems.append(str(err))
+                problems.append(gui_message(err, "clearing the disk caches"))
         for text in problems:
             self.notes.error(text)
         if freed:
