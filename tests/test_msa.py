@@ -397,8 +397,9 @@ def test_full_size_vit_b_generation_c_layout():
     assert info["generation"] == "C" and info["image_size"] == 1024 and info["backbone"] == "vit_b"
     assert info["global_blocks"] == [2, 5, 8, 11] and info["mask_tokens"] == 4
     assert info["image_size_from"] == "unknown"  # 127-row tables: MSA wrote them for every size for a while
-    with pytest.raises(SamlabError, match="--image-size"):
+    with pytest.raises(SamlabError) as err:
         build_msa(sd, fingerprint="x")
+    assert "--image-size" in err.value.for_cli() and err.value.field == "image_size"
     model = build_msa(sd, fingerprint="x", image_size=1024)
     got = {k: tuple(v.shape) for k, v in model.net.state_dict().items()}
     assert got == layout

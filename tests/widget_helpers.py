@@ -31,8 +31,12 @@ def direct(model, image2d, window, prompt_kwargs) -> np.ndarray:
 
 
 def volume_window(model, layer, preset="auto"):
+    from napari_samlab.base.windowing import detect_modality
+
     geo = layer.metadata.get("samlab", {}) if isinstance(layer.metadata.get("samlab"), dict) else {}
-    return resolve_window(preset, np.asarray(layer.data), model, geo.get("modality"))
+    guess = detect_modality(np.asarray(layer.data), metadata=geo)  # metadata first, as the CLI and widget do
+    return resolve_window(preset, np.asarray(layer.data), model,
+                          guess.kind if guess.kind in ("CT", "MR") else geo.get("modality"))
 
 
 class SlowClassic(ClassicModel):

@@ -50,7 +50,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import PromptError, SamlabError
+from ..errors import InputError, PromptError, SamlabError
 from .base import Prediction, Prompt, SegmentationModel
 from .checkpoint import plain_state_dict
 from .msa_net import PATCH_SIZE, WINDOW_SIZE  # the network itself: msa_net.py, built lazily
@@ -249,12 +249,14 @@ def build_msa(state_dict, device: str = "cpu", image_size: Optional[int] = None,
         raise SamlabError("the checkpoint is not a Medical SAM Adapter model (it has no image_encoder ...Space_Adapter weights): "
                           "use --model to pick its family")
     if image_size is None and info["image_size_from"] == "unknown":
-        raise SamlabError(f"{name} does not record the image size it was trained at (its 127-row position tables "
-                          "fit 1024 px but MSA wrote them for every size for a while): give the -image_size of its "
-                          "training, e.g. 1024 or 256 (--image-size S; image_size=S in Python)")
+        safe = str(name).replace("{", "{{").replace("}", "}}")  # a template: braces in a file name are literal
+        raise InputError(f"{safe} does not record the image size it was trained at (its 127-row position tables "
+                         "fit 1024 px but MSA wrote them for every size for a while): give the size it was trained at "
+                         "(MSA's -image_size, e.g. 1024 or 256) with {image_size}", field="image_size")
     size = int(image_size or info["image_size"])
     if size <= 0 or size % PATCH_SIZE:
-        raise SamlabError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model was trained at")
+        raise InputError(f"MSA image size {size} is not a positive multiple of {PATCH_SIZE}: give the size the model "
+                         "was trained at with {image_size}", field="image_size")
     info = dict(info, image_size=size)
     cfg = _config(sd, info, size)
     need = ("mask_decoder.mask_tokens.weight", "mask_decoder.iou_token.weight", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix")

@@ -54,12 +54,13 @@ class ModelSession:
         self.about_to_change = Hook()
         self.changed = Hook()
         # SlicePredictor keyword arguments, kept across model changes
-        self.predictor_settings: dict = {"memory_mb": DEFAULT_MEMORY_MB, "memory_dtype": "float32", "cache_dir": None}
+        self.predictor_settings: dict = {"memory_mb": DEFAULT_MEMORY_MB, "memory_dtype": "float32", "cache_dir": None,
+                                         "disk_dtype": "float32"}
         if model is not None:
             self.set_model(model, description)
 
     def configure(self, **settings) -> None:
-        """Change the predictor's cache settings (``memory_mb``, ``memory_dtype``, ``cache_dir``).
+        """Change the predictor's cache settings (``memory_mb``, ``memory_dtype``, ``cache_dir``, ``disk_dtype``).
 
         They apply to the current predictor at once, without dropping the
         model, and to the predictors of models loaded later.

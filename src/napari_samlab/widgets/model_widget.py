@@ -14,38 +14,36 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import SamlabError
+from ..models.backends import EXACT_BACKENDS, ENCODER_BACKENDS
 from ..models.families import family_names
 from ..predict.cache import cache_usage, clear_cache_folder, default_cache_dirs, default_embedding_cache_dir, format_bytes
 from ._common import Notifier, alive, wait_until
 from ._compat import avoid_triton_llvm_clash
 from ._session import ModelSession, session_for
+from .model_options import DISK_STORAGE, MsaFields, engine_report, gui_message, status_lines
 
 FAMILIES = family_names()
 AUTO = "auto (from checkpoint)"
 CKPT_FILTER = "Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.pth.tar);;All files (*)"
 HALF_PRECISION = "half-precision embeddings (saves memory, masks may differ at edges)"
-_EXACT_BACKENDS = ("auto", "torch", "openvino", "onnxruntime")  # the rest trade accuracy for speed
 
 
 def encoder_choices() -> list:
-    """``(label, backend)`` pairs for the encoder box, from the registry's current list.
+    """``(label, backend)`` pairs for the encoder box, from ``models/backends.py``'s lists.
 
     ``auto`` comes first and maps to None: :func:`load_model`'s own default
     (the fastest exact backend for SAM, MedSAM and LiteMedSAM on CPU, PyTorch
-    for the others, or ``$SAMLAB_ENCODER_BACKEND``).
+    for the others, or ``$SAMLAB_ENCODER_BACKEND``).  Backends that trade
+    accuracy for speed (int8, autocast) come last, labelled "approximate".
 
     Examples
     --------
-    >>> encoder_choices()[0]
-    ('auto (default)', None)
+    >>> encoder_choices()[:2]
+    [('auto (default)', None), ('torch', 'torch')]
     """
-    try:
-        from ..models.registry import ENCODER_BACKENDS
-    except ImportError:
-        ENCODER_BACKENDS = ("torch",)
     names = [b for b in ENCODER_BACKENDS if b != "auto"]
-    names.sort(key=lambda b: b not in _EXACT_BACKENDS)  # exact ones first, order otherwise kept
-    return [("auto (default)", None)] + [(b if b in _EXACT_BACKENDS else f"{b} (approximate)", b) for b in names]
+    names.sort(key=lambda b: b not in EXACT_BACKENDS)  # exact ones first, order otherwise kept
+    return [("auto (default)", None)] + [(b if b in EXACT_BACKENDS else f"{b} (approximate)", b) for b in names]
 
 
 def _describe(path: str) -> dict:
@@ -58,18 +56,21 @@ def _describe(path: str) -> dict:
 
 
 def _load(family: Optional[str], checkpoint: Optional[str], base_checkpoint: Optional[str], device: str,
-          encoder_backend: Optional[str] = None):
+          encoder_backend: Optional[str] = None, options: Optional[dict] = None):
+    """The engine and its :func:`engine_report` (worker thread: resolving "auto" may export the encoder)."""
     if family == "classic" and not checkpoint:
         from ..session.model import classic_model
 
-        return classic_model()
+        model = classic_model()
+        return model, engine_report(model)
     avoid_triton_llvm_clash()
     try:
         from ..models.registry import load_model
     except ImportError:
         raise SamlabError("this installation has no model registry (napari_samlab.models.registry): only the classic engine is available") from None
-    return load_model(checkpoint=checkpoint, family=family, base_checkpoint=base_checkpoint, device=device,
-                      encoder_backend=encoder_backend)
+    model = load_model(checkpoint=checkpoint, family=family, base_checkpoint=base_checkpoint, device=device,
+                       encoder_backend=encoder_backend, **(options or {}))
+    return model, engine_report(model)
 
 
 def summarize(info: dict) -> str:
@@ -129,6 +130,7 @@ class ModelWidget(QWidget):
         self._in_use_form = ("classic", "", "")  # family, checkpoint, base of the model in use
         self._worker = None
         self._describe_worker = None
+        self._report = (None, {})  # (model, engine_report) computed by the load worker
 
         self.family = QComboBox()
         self.family.addItems([AUTO, *FAMILIES])
@@ -158,6 +160,9 @@ class ModelWidget(QWidget):
         self.encoder.setToolTip("how the image encoder runs on the CPU. auto: the fastest backend whose output matches "
                                 "PyTorch (SAM, MedSAM, LiteMedSAM), else PyTorch. '(approximate)' ones are faster "
                                 "but their masks can differ from the model's own")
+        self.msa = MsaFields()  # shown for MSA only
+        self.family.currentTextChanged.connect(lambda text: self.msa.setVisible(text == "msa"))
+        self.msa.setVisible(False)
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(lambda: self.load())
         self.progress = QProgressBar()
@@ -180,6 +185,7 @@ class ModelWidget(QWidget):
         form.addRow("Detected", self.detected)
         form.addRow("Device", self.device)
         form.addRow("Encoder", self.encoder)
+        form.addRow(self.msa)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.load_button)
@@ -207,8 +213,13 @@ class ModelWidget(QWidget):
         self.half_precision.setChecked(settings["memory_dtype"] == "float16")
         self.keep_on_disk = QCheckBox("keep embeddings on disk")
         self.keep_on_disk.setChecked(settings["cache_dir"] is not None)
-        self.keep_on_disk.setToolTip("store each slice's embedding in the folder (float16, checksummed) so that "
+        self.keep_on_disk.setToolTip("store each slice's embedding in the folder (checksummed) so that "
                                      "revisits and later sessions need no encoding")
+        self.disk_storage = QComboBox()
+        for label, dtype in DISK_STORAGE:
+            self.disk_storage.addItem(label, dtype)
+        self.disk_storage.setToolTip("how the disk cache stores embeddings: float32 keeps exactly what the encoder "
+                                     "computed; float16 halves the disk use and rounds them (masks can move at edges)")
         self.disk_folder = QLineEdit(str(settings["cache_dir"] or default_embedding_cache_dir()))
         self.disk_folder.setToolTip("embedding cache folder")
         self.disk_usage = QLabel("")
@@ -219,6 +230,7 @@ class ModelWidget(QWidget):
         self.memory_mb.valueChanged.connect(lambda _: self._apply_memory_settings())
         self.half_precision.toggled.connect(lambda _: self._apply_memory_settings())
         self.keep_on_disk.toggled.connect(lambda _: self._apply_memory_settings())
+        self.disk_storage.currentIndexChanged.connect(lambda _: self._apply_memory_settings())
         self.disk_folder.editingFinished.connect(self._apply_memory_settings)
         self.clear_disk_button.clicked.connect(lambda: self.clear_disk_caches())
 
@@ -230,6 +242,7 @@ class ModelWidget(QWidget):
         row.addWidget(self.keep_on_disk)
         row.addWidget(self.disk_folder, 1)
         form.addRow(row)
+        form.addRow("Disk storage", self.disk_storage)
         form.addRow("On disk", self.disk_usage)
         form.addRow(self.clear_disk_button)
         return box
@@ -244,6 +257,24 @@ class ModelWidget(QWidget):
     def predictor(self):
         """The :class:`SlicePredictor` of the loaded engine."""
         return self.session.predictor
+
+    def encoder_report(self) -> dict:
+        """What computes the model's embeddings (:func:`~napari_samlab.models.base.encoder_report`).
+
+        Made by the load worker; for a model installed otherwise it is asked
+        only when that cannot export anything (classic, or after an encode).
+        """
+        m = self.session.model
+        if m is None:
+            return {}
+        if self._report[0] is m:
+            return self._report[1]
+        encoder = m.image_encoder_module() if hasattr(m, "image_encoder_module") else None
+        if getattr(m, "last_encoder_backend", None) is not None or encoder is None:
+            return engine_report(m)
+        requested = getattr(m, "encoder_backend", None) or "auto"
+        return {"backend": None, "requested": requested,
+                "summary": f"encoder: {requested} requested (resolved at the first encode)"}
 
     @property
     def busy(self) -> bool:
@@ -298,9 +329,17 @@ class ModelWidget(QWidget):
         self.encoder.setCurrentIndex(i)
 
     def set_memory(self, memory_mb: Optional[float] = None, half_precision: Optional[bool] = None,
-                   keep_on_disk: Optional[bool] = None, folder=None) -> None:
-        """Set the "Memory" group's controls (and so the session's predictor); None keeps a value."""
-        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk):
+                   keep_on_disk: Optional[bool] = None, folder=None, disk_dtype: Optional[str] = None) -> None:
+        """Set the "Memory" group's controls (and so the session's predictor); None keeps a value.
+
+        ``disk_dtype``: ``"float32"`` (exact, the default) or ``"float16"``.
+        """
+        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk, self.disk_storage):
+            if disk_dtype is not None:
+                i = self.disk_storage.findData(str(disk_dtype))
+                if i < 0:
+                    raise SamlabError(f"disk storage {disk_dtype!r} is not offered: use float32 or float16")
+                self.disk_storage.setCurrentIndex(i)
             if memory_mb is not None:
                 self.memory_mb.setValue(int(round(float(memory_mb))))
             if half_precision is not None:
@@ -319,7 +358,7 @@ class ModelWidget(QWidget):
                 u = found[kind] = cache_usage(folder, kind)
                 parts.append(f"{kind} {format_bytes(u.nbytes)} ({u.entries})")
             except SamlabError as err:
-                parts.append(f"{kind}: {err}")
+                parts.append(f"{kind}: {gui_message(err, 'reading the disk cache')}")
         self.disk_usage.setText(" · ".join(parts))
         self.disk_usage.setToolTip("size (entries) of the disk caches:\n" + "\n".join(str(u.folder) for u in found.values()))
         return found
@@ -338,7 +377,7 @@ class ModelWidget(QWidget):
             try:
                 freed[kind] = clear_cache_folder(folder, kind)
             except SamlabError as err:
-                problems.append(str(err))
+                problems.append(gui_message(err, "clearing the disk caches"))
         for text in problems:
             self.notes.error(text)
         if freed:
@@ -351,15 +390,21 @@ class ModelWidget(QWidget):
 
     def load(self, family: Optional[str] = "keep", checkpoint: Optional[str] = "keep",
              base_checkpoint: Optional[str] = "keep", device: Optional[str] = None,
-             wait: bool = False, timeout: float = 600, encoder: Optional[str] = "keep") -> bool:
+             wait: bool = False, timeout: float = 600, encoder: Optional[str] = "keep",
+             image_size: Optional[int] = "keep", num_outputs: Optional[int] = "keep") -> bool:
         """Load the chosen engine in a background thread.
 
-        Parameters default to what the panel shows.  With ``wait=True`` the
-        call returns once the model is in use (scripts); returns whether a
-        model was installed.
+        Parameters default to what the panel shows (``image_size`` and
+        ``num_outputs``: the MSA fields, used for MSA only).  With
+        ``wait=True`` the call returns once the model is in use (scripts);
+        returns whether a model was installed.
         """
         if encoder != "keep":
             self.set_encoder(encoder)
+        if image_size != "keep":
+            self.msa.image_size.setValue(int(image_size or 0))
+        if num_outputs != "keep":
+            self.msa.outputs.setValue(int(num_outputs or 0))
         if family != "keep":
             self.set_family(family)
         if checkpoint != "keep":
@@ -383,10 +428,13 @@ class ModelWidget(QWidget):
 
         generation = self.session.generation
         backend = self.encoder.currentData()
-        self._worker = create_worker(_load, fam, ckpt, base, dev, backend, _start_thread=False, _ignore_errors=True)
+        # the MSA fields apply to MSA files only (other families refuse the options)
+        options = self.msa.options() if (fam or self.info.get("family")) == "msa" else {}
+        self._worker = create_worker(_load, fam, ckpt, base, dev, backend, options,
+                                     _start_thread=False, _ignore_errors=True)
         label = (f"{fam or 'auto'}" + (f" from {Path(ckpt).name}" if ckpt else "") + f" on {dev}"
                  + (f", {backend} encoder" if backend and fam != "classic" else ""))
-        self._worker.returned.connect(lambda m: self._on_loaded(m, label, generation))
+        self._worker.returned.connect(lambda res: self._on_loaded(res, label, generation))
         self._worker.errored.connect(lambda e: self._on_load_failed(e, label))
         self._worker.finished.connect(self._on_load_finished)
         self.progress.setRange(0, 0)  # busy indicator
@@ -406,17 +454,20 @@ class ModelWidget(QWidget):
     def _apply_memory_settings(self) -> None:
         settings = dict(memory_mb=float(self.memory_mb.value()),
                         memory_dtype="float16" if self.half_precision.isChecked() else "float32",
-                        cache_dir=self._embedding_folder() if self.keep_on_disk.isChecked() else None)
+                        cache_dir=self._embedding_folder() if self.keep_on_disk.isChecked() else None,
+                        disk_dtype=self.disk_storage.currentData())
         try:
             self.session.configure(**settings)
         except SamlabError as err:
-            self.notes.error(str(err))
+            self.notes.error(gui_message(err, "changing the memory settings"))
             self._show_memory_settings()  # back to what is in effect
         self.refresh_disk_usage()
+        self._on_session_changed(self.session)  # the status names the disk storage
 
     def _show_memory_settings(self) -> None:
         s = self.session.predictor_settings
-        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk):
+        with _signals_blocked(self.memory_mb, self.half_precision, self.keep_on_disk, self.disk_storage):
+            self.disk_storage.setCurrentIndex(max(0, self.disk_storage.findData(s.get("disk_dtype", "float32"))))
             self.memory_mb.setValue(int(round(s["memory_mb"])))
             self.half_precision.setChecked(s["memory_dtype"] == "float16")
             self.keep_on_disk.setChecked(s["cache_dir"] is not None)
@@ -470,12 +521,15 @@ class ModelWidget(QWidget):
     def _on_describe_error(self, path: str, exc: BaseException) -> None:
         if path != self.checkpoint.text().strip():
             return
-        text = self.notes.exception(exc, f"reading {Path(path).name}")
+        text = gui_message(exc, f"reading {Path(path).name}")
+        self.notes.error(text)
         self.detected.setText(text)
 
-    def _on_loaded(self, model, label: str, generation: int) -> None:
-        if model is None:
+    def _on_loaded(self, result, label: str, generation: int) -> None:
+        if result is None:
             return
+        model, report = result
+        self._report = (model, report)
         self.session.set_model(model, label)
         self.failed = None
         self._in_use_form = (self.family.currentText(), self.checkpoint.text(), self.base_checkpoint.text())
@@ -487,7 +541,8 @@ class ModelWidget(QWidget):
 
         if not isinstance(exc, SamlabError):
             logging.getLogger(__name__).error("loading %s failed", label, exc_info=(type(exc), exc, exc.__traceback__))
-        text = self.notes.exception(exc, f"loading {label}")
+        text = gui_message(exc, f"loading {label}")
+        self.notes.error(text)
         self.failed = f"✗ loading {label} failed: {text}"
         family, ckpt, base = self._in_use_form
         self.family.setCurrentText(family)
@@ -508,7 +563,9 @@ class ModelWidget(QWidget):
         if m is None:
             self.status.setText("no model loaded")
             return
-        in_use = f"in use: {session.description} ({getattr(m, 'family', '?')}, {getattr(m, 'device', 'cpu')})"
+        s = session.predictor_settings
+        in_use = status_lines(session.description, m, self.encoder_report(), s.get("disk_dtype", "float32"),
+                              s["cache_dir"] is not None)
         self.status.setText(f"{self.failed}\n{in_use}" if self.failed else in_use)
         self.status.setStyleSheet("color: #d9534f" if self.failed else "")
 

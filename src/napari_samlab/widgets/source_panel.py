@@ -2,9 +2,10 @@
 
 :class:`SourcePanel` shows the bound image (always the one prompts go to),
 the channel source (one layer or a composite of the visible channel
-layers), the window presets, and the axial/coronal/sagittal buttons (shown
-for volumes only).  The window is what the model sees *and* the layer's
-contrast limits: moving the contrast slider is a manual window.
+layers), the window presets, the window in use next to the model (and
+why: what the image was taken as), and the axial/coronal/sagittal buttons
+(shown for volumes only).  The window is what the model sees *and* the
+layer's contrast limits: moving the contrast slider is a manual window.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..errors import SamlabError
-from ..base.windowing import PRESET_NAMES, resolve_window
+from ..base.windowing import PRESET_NAMES, describe_window, detect_modality, resolve_window
 from ._plane import layer_array, spatial_shape
 
 WINDOW_CHOICES = (*PRESET_NAMES, "manual")
@@ -52,6 +53,7 @@ class SourcePanel(QWidget):
         self.notes = notes
         self.image = None  # the bound napari Image layer
         self._window_cache: Dict[tuple, object] = {}
+        self._guesses: Dict[int, object] = {}  # id(layer) -> ModalityGuess (metadata first, then intensities)
         self._setting_contrast = False
 
         form = QFormLayout(self)
@@ -86,6 +88,11 @@ class SourcePanel(QWidget):
         for w in (self.window_combo, QLabel("L"), self.level_spin, QLabel("W"), self.width_spin):
             wrow.addWidget(w)
         form.addRow("Window", wrow)
+        self.window_line = QLabel("")
+        self.window_line.setWordWrap(True)
+        self.window_line.setToolTip("the window the model sees for this image and model; change it with the "
+                                    "Window list, the level/width fields or the contrast slider")
+        form.addRow("In use", self.window_line)
         self.view_row = QWidget()
         vrow = QHBoxLayout(self.view_row)
         vrow.setContentsMargins(0, 0, 0, 0)
@@ -115,6 +122,9 @@ class SourcePanel(QWidget):
     def bind(self, layer) -> None:
         """Show controls for ``layer``: channels for non-RGB images, views for volumes."""
         self.image = layer
+        self._guesses.clear()  # a layer's data may have been replaced meanwhile
+        if layer is None:
+            self.window_line.setText("")
         is3d = layer is not None and len(spatial_shape(layer)) == 3
         self.source_combo.setEnabled(layer is not None and not layer.rgb)
         self.view_row.setVisible(is3d)
@@ -169,10 +179,39 @@ class SourcePanel(QWidget):
         model = self.models.ensure_model()
         key = (id(im), str(spec), model.fingerprint() if hasattr(model, "fingerprint") else id(model))
         if key not in self._window_cache:
+            guess = self.modality_guess()
             geo = im.metadata.get("samlab") if isinstance(im.metadata.get("samlab"), dict) else {}
+            modality = guess.kind if guess.kind in ("CT", "MR") else geo.get("modality")  # as the CLI decides
             # the whole volume, as the CLI does: every slice gets the same mapping
-            self._window_cache[key] = resolve_window(spec, np.asarray(layer_array(im)), model, geo.get("modality"))
+            self._window_cache[key] = resolve_window(spec, np.asarray(layer_array(im)), model, modality)
         return self._window_cache[key]
+
+    def modality_guess(self):
+        """What the bound image is taken as (:func:`detect_modality`: the file's metadata first, then intensities)."""
+        im = self.image
+        if im is None:
+            return None
+        if id(im) not in self._guesses:
+            geo = im.metadata.get("samlab") if isinstance(im.metadata.get("samlab"), dict) else {}
+            self._guesses[id(im)] = detect_modality(np.asarray(layer_array(im)), metadata=geo)
+        return self._guesses[id(im)]
+
+    def show_window_in_use(self, win=None, error: str = "") -> str:
+        """Put the model and the window it sees (and why) on the "In use" line; returns the text."""
+        im = self.image
+        if im is None:
+            text = ""
+        elif error:
+            text = f"window not applied: {error}"
+        elif self.composite:
+            text = "window: channels as displayed (composite of their contrast limits)"
+        else:
+            how = "auto" if self.window_combo.currentText() == "auto" else "chosen"
+            text = f"{describe_window(win, self.modality_guess())} [{how}]"
+        if im is not None:
+            text = f"model {self.models.description or '?'} · {text}"
+        self.window_line.setText(text)
+        return text
 
     def forget_windows(self) -> None:
         """Drop resolved windows (a new model may define "auto" differently)."""
@@ -187,7 +226,9 @@ class SourcePanel(QWidget):
             win = self.resolved_window()
         except SamlabError as exc:
             self.notes.error(str(exc))
+            self.show_window_in_use(error=str(exc))
             return
+        self.show_window_in_use(win)
         if self.composite:
             return
         lo, hi = im.contrast_limits_range if win is None else (win.lo, win.hi)
@@ -224,6 +265,10 @@ class SourcePanel(QWidget):
         self.level_spin.setValue((lo + hi) / 2.0)
         self.width_spin.setValue(max(hi - lo, 1e-6))
         self._show_preset("manual")
+        try:
+            self.show_window_in_use(self.resolved_window())
+        except SamlabError as exc:
+            self.show_window_in_use(error=str(exc))
         return True
 
 
