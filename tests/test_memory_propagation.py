@@ -30,23 +30,33 @@ def ckpt(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("memory") / "MedSAM2_test.pt")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def model(ckpt):
+    """One engine for the module (loading is the slow part); the tests do not change it."""
+    from napari_samlab.models import medsam2 as m2
     from napari_samlab.models.registry import load_model
+    from test_medsam2 import TEST_ARCH
 
-    return load_model(str(ckpt), family="medsam2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(m2.ARCHITECTURES, "test", TEST_ARCH)
+        return load_model(str(ckpt), family="medsam2")
+
+
+@pytest.fixture(scope="module")
+def ref(model):
+    """MedSAM2's pipeline as the CLI and the API run it (``segment_with_memory``) on the blob volume."""
+    return segment_with_memory(model, blob_volume(), KEY, Prompt(box=BOX), window="none")
 
 
 def _propagate(model, vol, **kw):
     return propagate_volume(SlicePredictor(model), vol, {KEY: Prompt(box=BOX)}, window="none", **kw)
 
 
-def test_propagate_volume_equals_the_medsam2_pipeline(model, tmp_path, capsys, ckpt):
+def test_propagate_volume_equals_the_medsam2_pipeline(model, ref, tmp_path, capsys, ckpt):
     vol = blob_volume()
     calls = []
     res = _propagate(model, vol, progress=lambda done, total, z: calls.append((done, total, z)))
-    api = segment_with_memory(model, vol, KEY, Prompt(box=BOX), window="none")
-    assert np.array_equal(res.mask, api)
+    assert np.array_equal(res.mask, ref)
     # and the CLI (MedSAM2's recipe, checked against upstream in test_medsam2) on the same file
     img = tmp_path / "blob.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(vol), str(img))
@@ -89,14 +99,14 @@ def test_limits_locks_labels_init_and_cancel(model):
     assert np.array_equal(stopped.mask[KEY], full.mask[KEY])
 
 
-def test_session_correction_retracks_with_the_memory(model):
+def test_session_correction_retracks_with_the_memory(model, ref):
     from napari_samlab.session import Session
 
     vol = blob_volume()
     s = Session(vol, model, window="none")
     s.add_box(KEY, BOX)
     first = s.propagate()
-    assert np.array_equal(s.preview > 0, segment_with_memory(model, vol, KEY, Prompt(box=BOX), window="none"))
+    assert np.array_equal(s.preview > 0, ref)
     s.preview[5] = 0
     s.preview[5, 20:28, 22:34] = 1  # the user's corrected slice 5
     again = s.repropagate_from(5)
@@ -111,3 +121,20 @@ def test_session_correction_retracks_with_the_memory(model):
     via_api = repropagate(SlicePredictor(model), vol, fresh, 5, fixed)
     assert via_api.memory is fresh.memory and np.array_equal(via_api.mask, again.mask)
     assert not np.array_equal(via_api.mask[5:], fresh.mask[5:])
+
+
+def test_cohort_prompts_file_and_several_anchors(model, ref, tmp_path):
+    from napari_samlab.cohort.apply import segment_with_prompts
+    from napari_samlab.cohort.prompts import PromptEntry
+    from napari_samlab import read_image
+
+    vol = blob_volume()
+    path = tmp_path / "blob.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(path))
+    labels = segment_with_prompts(read_image(str(path)), model, [PromptEntry(slice=KEY, box=BOX, label=3,
+                                                                             propagate=True)], window="none")
+    assert np.array_equal(labels == 3, ref) and set(np.unique(labels)) == {0, 3}
+    # prompts on two slices: both are conditioning frames, both anchors in the records
+    two = propagate_volume(SlicePredictor(model), vol, {2: Prompt(box=BOX), 4: Prompt(box=BOX)}, window="none")
+    assert two.records[2].source == two.records[4].source == "anchor"
+    assert two.memory.anchor_slices == {2, 4} and two.mask[2:5].any(axis=(1, 2)).all()
