@@ -60,7 +60,7 @@ def volume_to_uint8(volume: np.ndarray, window) -> np.ndarray:
     --------
     >>> from napari_samlab.base.windowing import Window
     >>> volume_to_uint8(np.array([[-1000.0, 0.0, 40.0]]), Window(-160, 240))
-    array([[  0, 102, 127]], dtype=uint8)
+    array([[  0, 204, 255]], dtype=uint8)
     """
     from ..base.windowing import Window, apply_window
 
