@@ -230,7 +230,8 @@ class Sam2Model(SegmentationModel):
 
     ``memory_propagation`` is True: volumes are segmented by
     :class:`napari_samlab.propagate.memory.MemorySession` (the video
-    predictor's memory), not slice by slice.  ``encode``/``decode`` give the
+    predictor's memory), not slice by slice; ``propagate_volume`` reaches it
+    through :mod:`napari_samlab.propagate.memory_result`.  ``encode``/``decode`` give the
     2D path (one slice, as the video predictor answers a prompt on an
     un-tracked frame) so that :class:`~napari_samlab.predict.predictor.SlicePredictor`
     works too.

@@ -170,10 +170,10 @@ def propagate_volume(predictor, volume, anchors: dict, *, window: Union[str, tup
     Notes
     -----
     A family declared with ``memory_propagation`` (``models/families/``)
-    propagates with its own memory unless ``settings.strategy`` is set:
-    ``model.propagate_with_memory(predictor, volume, anchors, window=,
-    settings=, labels_init=, locked=, cancel=, progress=)`` must return a
-    :class:`PropagationResult` with the same meaning.
+    propagates with SAM 2's memory unless ``settings.strategy`` is set:
+    :func:`napari_samlab.propagate.memory_result.propagate_with_memory`
+    (MedSAM2's recipe behind the same :class:`PropagationResult`;
+    ``result.memory`` keeps the session for corrections).
 
     Examples
     --------
@@ -205,8 +205,10 @@ def propagate_volume(predictor, volume, anchors: dict, *, window: Union[str, tup
     fam = family_of(model)
     if fam is not None and fam.memory_propagation and not s.strategy:
         # the engine carries the object through the volume with its own memory (SAM2-style)
-        return model.propagate_with_memory(predictor, vol, anchors, window=win, settings=s, labels_init=old,
-                                           locked=lock, cancel=cancel, progress=progress)
+        from .memory_result import propagate_with_memory
+
+        return propagate_with_memory(predictor, vol, anchors, window=win, settings=s, labels_init=old,
+                                     locked=lock, cancel=cancel, progress=progress)
 
     strategy = s.strategy or default_strategy(predictor.model)
     eng = Engine(predictor, vol, s, win, strategy, out, lock, old, cancel, progress)
@@ -330,6 +332,18 @@ def repropagate(predictor, volume, result: PropagationResult, z: int, corrected_
     out = old.copy()
     lock = _locked_volume(locked, shape)
     calls0 = predictor.encoder_calls
+    fam = family_of(predictor.model)
+    if fam is not None and fam.memory_propagation and not s.strategy:
+        memory = result.memory
+        if memory is not None and memory.model is predictor.model and window is None:
+            # SAM 2's memory: the correction re-tracks from z with what the session remembers
+            from .memory_result import repropagate_with_memory
+
+            return repropagate_with_memory(vol, replace(result, settings=s), z, new_anchors[z], locked=lock,
+                                           cancel=cancel, progress=progress)
+        # another model or window: the video predictor starts again from every anchor
+        return propagate_volume(predictor, vol, new_anchors, window=win, settings=s, labels_init=old, locked=lock,
+                                cancel=cancel, progress=progress)
     if not predictor.model.needs_prompt:
         out[z] = new_anchors[z] if lock is None else np.where(lock[z], old[z], new_anchors[z])
         records = dict(result.records)

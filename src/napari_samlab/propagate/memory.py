@@ -60,7 +60,7 @@ def volume_to_uint8(volume: np.ndarray, window) -> np.ndarray:
     --------
     >>> from napari_samlab.base.windowing import Window
     >>> volume_to_uint8(np.array([[-1000.0, 0.0, 40.0]]), Window(-160, 240))
-    array([[  0, 102, 127]], dtype=uint8)
+    array([[  0, 204, 255]], dtype=uint8)
     """
     from ..base.windowing import Window, apply_window
 
@@ -105,11 +105,13 @@ class FrameSource:
     def __init__(self, volume_u8: np.ndarray, size: int):
         self.volume = volume_u8
         self.size = int(size)
+        self.reads = 0  # frames handed to the encoder (the predictor reads a frame only to encode it)
 
     def __len__(self) -> int:
         return int(self.volume.shape[0])
 
     def __getitem__(self, z: int):
+        self.reads += 1
         return frame_tensor(self.volume[int(z)], self.size)
 
 
@@ -189,6 +191,14 @@ class MemorySession:
         self._states: dict = {}  # "forward"/"reverse" -> predictor state after propagating
         self._masks = {d: np.zeros((self.depth, self.height, self.width), bool) for d in ("forward", "reverse")}
         self._visited = {d: np.zeros(self.depth, bool) for d in ("forward", "reverse")}
+        #: per direction, slice -> the model's object score (sigmoid of SAM 2's object-score logit)
+        self.scores: dict = {"forward": {}, "reverse": {}}
+        #: (lo, hi): the slices tracking may visit (z-limits / stop slices); the whole volume by default
+        self.limits = (0, self.depth - 1)
+        #: after a cancelled :meth:`propagate`: (masks, visited, scores) per direction of what was done
+        self.partial = None
+        #: slices given a prompt or mask (before propagation or as corrections)
+        self.anchor_slices: set = set()
 
     # -- prompts ---------------------------------------------------------
     def add_box(self, z: int, box: Sequence[float], points=None, point_labels=None, progress=None,
@@ -214,6 +224,14 @@ class MemorySession:
         labels = list(point_labels) if point_labels is not None else [1] * len(pts)
         return self.add_prompt(z, Prompt(points=pts, point_labels=labels), progress, cancel)
 
+    def add_mask(self, z: int, mask: np.ndarray, progress=None, cancel: Optional[threading.Event] = None) -> np.ndarray:
+        """Give slice ``z`` a painted / corrected mask (SAM 2's ``add_new_mask``); see :meth:`add_box`."""
+        z = self._check_slice(z)
+        m = np.asarray(mask, bool)
+        if m.shape != (self.height, self.width):
+            raise SamlabError(f"the mask for slice {z} has shape {m.shape} but slices are {(self.height, self.width)}")
+        return self._add(z, m, progress, cancel)
+
     def add_prompt(self, z: int, prompt, progress=None, cancel: Optional[threading.Event] = None) -> np.ndarray:
         """Prompt slice ``z`` with a :class:`~napari_samlab.models.base.Prompt`; see :meth:`add_box`."""
         from ..base.prompts import validate_prompt
@@ -221,6 +239,11 @@ class MemorySession:
         z = self._check_slice(z)
         prompt = validate_prompt(prompt, (self.height, self.width), correction=bool(self._states))
         self._check_contrast(z, prompt)
+        return self._add(z, prompt, progress, cancel)
+
+    def _add(self, z: int, prompt, progress, cancel) -> np.ndarray:
+        """A prompt (or mask) before propagation, or a correction that re-tracks from ``z`` after it."""
+        self.anchor_slices.add(z)
         if not self._states:
             self._prompts = [(pz, p) for pz, p in self._prompts if pz != z] + [(z, prompt)]
             return self.segment_slice(z, prompt)
@@ -246,7 +269,8 @@ class MemorySession:
 
     # -- propagation -----------------------------------------------------
     def propagate(self, progress: Optional[Callable[[int, int, int], None]] = None,
-                  cancel: Optional[threading.Event] = None) -> np.ndarray:
+                  cancel: Optional[threading.Event] = None, lo: Optional[int] = None,
+                  hi: Optional[int] = None) -> np.ndarray:
         """Run MedSAM2's two passes from the prompted slice(s); returns :meth:`result`.
 
         Parameters
@@ -255,7 +279,11 @@ class MemorySession:
             ``progress(z, done, total)`` after each slice.
         cancel : threading.Event, optional
             Set it to stop (raises :class:`~napari_samlab.errors.Cancelled`;
-            the session is then as before the call).
+            the session is then as before the call, and :attr:`partial`
+            holds what was tracked).
+        lo, hi : int, optional
+            Track no slice outside ``[lo, hi]`` (z-limits); corrections keep
+            to them too.  Default: the whole volume (upstream).
 
         Returns
         -------
@@ -264,8 +292,10 @@ class MemorySession:
         if not self._prompts:
             raise SamlabError("no prompt yet: add a box or points on a slice first")
         zs = [z for z, _ in self._prompts]
+        lo = 0 if lo is None else max(0, int(lo))
+        hi = self.depth - 1 if hi is None else min(self.depth - 1, int(hi))
         starts = {"forward": min(zs), "reverse": max(zs)}
-        total = (self.depth - starts["forward"]) + (starts["reverse"] + 1)
+        total = max(0, hi - starts["forward"]) + 1 + max(0, starts["reverse"] - lo) + 1
         counter = [0]
 
         def tick(z):
@@ -274,9 +304,11 @@ class MemorySession:
                 progress(z, counter[0], total)
 
         states, masks, visited = {}, {}, {}
-        saved = (self._masks, self._visited)
+        saved = (self._masks, self._visited, self.scores, self.limits)
         self._masks = {d: np.zeros_like(m) for d, m in saved[0].items()}
         self._visited = {d: np.zeros_like(v) for d, v in saved[1].items()}
+        self.scores = {d: {} for d in saved[2]}
+        self.limits, self.partial = (lo, hi), None
         try:
             for direction in ("forward", "reverse"):
                 state = self._new_state()
@@ -285,7 +317,8 @@ class MemorySession:
                 self._run(direction, state, starts[direction], tick, cancel)
                 states[direction] = state
         except BaseException:
-            self._masks, self._visited = saved
+            self.partial = (self._masks, self._visited, self.scores)
+            self._masks, self._visited, self.scores, self.limits = saved
             raise
         self._states = states
         return self.result()
@@ -299,6 +332,18 @@ class MemorySession:
     def propagated(self) -> bool:
         return bool(self._states)
 
+    def tracked(self) -> np.ndarray:
+        """Bool per slice: tracked by either direction (the rest keeps what it had)."""
+        return self._visited["forward"] | self._visited["reverse"]
+
+    def best_scores(self) -> dict:
+        """Slice -> SAM 2's object-present probability (the higher of the two directions)."""
+        out: dict = {}
+        for scores in self.scores.values():
+            for z, v in scores.items():
+                out[z] = max(v, out.get(z, 0.0))
+        return out
+
     # -- internals -------------------------------------------------------
     def _new_state(self) -> dict:
         return self.net.init_state_from_frames(self.frames, self.height, self.width, self._features)
@@ -306,8 +351,11 @@ class MemorySession:
     def _apply(self, state: dict, z: int, prompt):
         import torch
 
-        points, labels, box = prompt_tensors(prompt)
         self.net.pin_features(state, z)  # the prompted slice is used by both directions: encode it once
+        if isinstance(prompt, np.ndarray):  # a painted / corrected mask
+            with torch.inference_mode():
+                return self.net.add_new_mask(state, frame_idx=z, obj_id=1, mask=torch.from_numpy(prompt))
+        points, labels, box = prompt_tensors(prompt)
         with torch.inference_mode():
             return self.net.add_new_points_or_box(state, frame_idx=z, obj_id=1, points=points, labels=labels, box=box)
 
@@ -316,10 +364,15 @@ class MemorySession:
 
         reverse = direction == "reverse"
         out = self._masks[direction]
+        lo, hi = self.limits
+        span = max(0, start - lo if reverse else hi - start)
+        outputs = state["output_dict_per_obj"]
         with torch.inference_mode():
-            for z, _, logits in self.net.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+            for z, _, logits in self.net.propagate_in_video(state, start_frame_idx=start, reverse=reverse,
+                                                            max_frame_num_to_track=span):
                 out[z] = (logits[0, 0] > 0).cpu().numpy()
                 self._visited[direction][z] = True
+                self.scores[direction][z] = _object_score(outputs, z)
                 if tick is not None:
                     tick(z)
                 if cancel is not None and cancel.is_set():
@@ -344,6 +397,15 @@ class MemorySession:
             where = "the box on slice" if prompt.box is not None else "slice"
             raise SamlabError(f"{where} {z} holds one uniform value after windowing (an empty slice or a window that "
                               "hides it): prompt a slice that shows the object, or change --window")
+
+
+def _object_score(outputs: dict, z: int) -> float:
+    """SAM 2's own "object present" probability on slice ``z`` (sigmoid of its object-score logit)."""
+    for kind in ("cond_frame_outputs", "non_cond_frame_outputs"):
+        out = outputs.get(0, {}).get(kind, {}).get(z)
+        if out is not None and out.get("object_score_logits") is not None:
+            return float(out["object_score_logits"].float().sigmoid().max())
+    return 1.0
 
 
 def segment_with_memory(model, volume: np.ndarray, z: int, prompt, window="auto", propagate: bool = True,

@@ -141,6 +141,9 @@ class PropagationResult:
         True when ``cancel()`` ended propagation early.
     encoder_calls : int
         Slices encoded during this call (the rest came from the cache).
+    memory : MemorySession or None
+        For families with SAM 2's memory (``strategy == "memory"``): the
+        session that tracked the object; re-propagation continues with it.
 
     Examples
     --------
@@ -159,6 +162,7 @@ class PropagationResult:
     labels: Optional[np.ndarray] = None
     cancelled: bool = False
     encoder_calls: int = 0
+    memory: Optional[object] = field(default=None, repr=False, compare=False)
 
     def flagged_slices(self) -> list:
         """Sorted slices whose record carries any flag."""

@@ -57,7 +57,9 @@ def acquire_unless(lock, cancel: threading.Event, poll: float = 0.05) -> bool:
 
 def worth_prefetching(model) -> bool:
     """Whether ``model``'s encode costs enough for background encoding to help."""
-    return model is not None and getattr(model, "family", "") not in CHEAP_ENCODERS
+    # SAM 2's memory tracker encodes frames itself: the 2D embedding cache would go unused
+    return (model is not None and getattr(model, "family", "") not in CHEAP_ENCODERS
+            and not getattr(model, "memory_propagation", False))
 
 
 class _Run:

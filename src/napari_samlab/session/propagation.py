@@ -95,6 +95,12 @@ class PropagationState:
     result of another key is ignored by :meth:`anchors` and refused by
     :meth:`repropagate_job`.
 
+    For families with SAM 2's memory (MedSAM2, SAM 2) the result carries its
+    :class:`~napari_samlab.propagate.memory.MemorySession` (``result.memory``):
+    it lives as long as the result (one per image, orientation and model), and
+    :meth:`repropagate_job` hands corrections to it, so they re-track from the
+    corrected slice with the memory instead of from scratch.
+
     Examples
     --------
     >>> st = PropagationState()

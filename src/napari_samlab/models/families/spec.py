@@ -90,8 +90,11 @@ class Family:
         (ONNX Runtime/OpenVINO), so ``encoder_backend="auto"`` is its default.
     memory_propagation : bool
         The engine propagates with its own memory (SAM2-style): propagation
-        hands the volume to ``model.propagate_with_memory`` (see
-        :mod:`napari_samlab.propagate`).
+        hands the volume to
+        :func:`napari_samlab.propagate.memory_result.propagate_with_memory`
+        (a :class:`~napari_samlab.propagate.memory.MemorySession` behind the
+        usual ``PropagationResult``); the model needs ``net`` with SAM 2's
+        video-predictor API.
     everything : bool
         The engine can segment every object without a prompt.
     propagation_strategy : str, optional
