@@ -1,7 +1,7 @@
 """The segmentation panel: prompts in, live preview, commit into named segments.
 
-The panel only translates between napari and the core.  It is composed of
-one module per concern:
+The panel only translates between napari and the core; every button is a
+public method (scriptable from napari's console).  One module per concern:
 
 * :mod:`.source_panel` (image, channels, window, views), :mod:`.image_binding`
   (the bound image follows the layer list), :mod:`.views` (planes, slices);
@@ -11,8 +11,6 @@ one module per concern:
 * :mod:`.propagation_panel`: propagation, review, fill between, prefetch;
 * :mod:`.segments_layer` / :mod:`.segments_panel`: the segments layer and its
   :class:`~napari_samlab.session.SegmentStore`; :mod:`.prompt_files` (prompts/labels files, other docks' results).
-
-Every button is a public method: sessions can be scripted from napari's console.
 """
 from __future__ import annotations
 
