@@ -78,6 +78,12 @@ def test_prompts_round_trip_and_save_labels(make_napari_viewer, qtbot, tmp_path)
     back = read_image(out["labels"])
     assert np.array_equal(back.array == 1, first)
     assert [(s["label"], s["name"]) for s in back.metadata["segments"]] == [(1, "tumour")]
+    from napari_samlab.napari_plugin.writer import write_labels_layer  # File > Save Selected Layer
+
+    layer = seg.target_layer
+    written = write_labels_layer(str(tmp_path / "via_napari.seg.nrrd"), layer.data, {
+        "metadata": layer.metadata, "scale": layer.scale, "translate": layer.translate})
+    assert [(s["label"], s["name"]) for s in read_image(written[0]).metadata["segments"]] == [(1, "tumour")]
     seg.segments_panel.sidecar_check.setChecked(False)
     assert seg.save_labels(tmp_path / "plain.nii.gz")["sidecar"] is None
     assert not (tmp_path / "plain.json").exists()
