@@ -60,10 +60,11 @@ def test_prompts_round_trip_and_save_labels(make_napari_viewer, qtbot, tmp_path)
     seg.add_point(330 - X0, 345 - Y0, positive=False)
     second = seg.segment(wait=True)
     assert second.sum() > 100
+    seg.propagate(wait=True)  # the propagate flag of object 2 is what the user did
     prompts = tmp_path / "p.json"
     seg.save_prompts(prompts)
     entries = load_prompts(prompts)
-    assert [(e.slice, e.label, e.propagate) for e in entries] == [(4, 1, False), (5, 2, False)]
+    assert [(e.slice, e.label, e.propagate) for e in entries] == [(4, 1, False), (5, 2, True)]
     assert entries[0].box == (39.0, 37.0, 103.0, 93.0)
     assert entries[1].points == ((70.0, 65.0),) and entries[1].negatives == ((50.0, 45.0),)
     assert json.loads(prompts.read_text())["image"].endswith("ct_crop.nrrd")
@@ -74,7 +75,7 @@ def test_prompts_round_trip_and_save_labels(make_napari_viewer, qtbot, tmp_path)
     assert out["sidecar"] == tmp_path / "tumour.json" and out["sidecar"].is_file()
     record = read_provenance(out["sidecar"])
     assert record["model"] == "classic" and record["image"].endswith("ct_crop.nrrd")
-    assert [p["label"] for p in record["prompts"]] == [1, 2]
+    assert [(p["slice"], p["label"]) for p in record["prompts"]] == [(4, 1)]  # only what was saved
     back = read_image(out["labels"])
     assert np.array_equal(back.array == 1, first)
     assert [(s["label"], s["name"]) for s in back.metadata["segments"]] == [(1, "tumour")]
@@ -97,7 +98,7 @@ def test_prompts_round_trip_and_save_labels(make_napari_viewer, qtbot, tmp_path)
     seg2.commit(name="tumour")
     assert np.array_equal(np.asarray(seg2.target_layer.data) == 1, first)
     got = seg2.load_prompts(prompts)
-    assert got["label"] == 2 and seg2.label_spin.value() == 2
+    assert got["label"] == 2 and got["propagate"] and seg2.label_spin.value() == 2
     assert np.array_equal(seg2.segment(wait=True), second)
     seg2.undo()  # loading was one step: the prompts go, label 1 stays
     assert not seg2.layers.collect() and seg2.store.segments.keys() == {1}

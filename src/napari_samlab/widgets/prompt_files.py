@@ -69,10 +69,14 @@ class PromptFilesMixin:
         return entries_from_collected(self.layers.collect(), spatial_shape(self.require_image()), label,
                                       self.propagation_result is not None)
 
-    def prompt_entries(self) -> List[PromptEntry]:
-        """Every prompt of the image: those of committed segments still present, then the current ones."""
+    def committed_entries(self) -> List[PromptEntry]:
+        """Prompts of the committed segments still present (an undone commit's are left out; repeats once)."""
         present = set(self.store.segments) if self.store is not None else set()
-        return [e for e in self.prompt_log if e.label in present] + self.current_entries()
+        return list(dict.fromkeys(e for e in self.prompt_log if e.label in present))
+
+    def prompt_entries(self) -> List[PromptEntry]:
+        """Every prompt of the image: those of committed segments, then the current ones."""
+        return self.committed_entries() + self.current_entries()
 
     def save_prompts(self, path) -> Path:
         """Write every prompt of the image (slice, box, points, label, propagate flag) to a prompts file."""
@@ -145,7 +149,8 @@ class PromptFilesMixin:
     def save_labels(self, path, sidecar: Optional[bool] = None) -> dict:
         """Write the segments layer on the image's grid with names and colours, and its provenance sidecar.
 
-        ``sidecar`` defaults to the panel's checkbox (on).  Returns
+        ``sidecar`` defaults to the panel's checkbox (on); it records the
+        prompts of the saved segments only (not uncommitted ones).  Returns
         ``{"labels": Path, "sidecar": Path or None}``; the sidecar needs the
         image's file (an image made in napari has none: the status says so).
         """
@@ -167,7 +172,7 @@ class PromptFilesMixin:
         if want and src:
             model = self.session.ensure_model()
             record = write_sidecar(out, image=src, model=model, window=self.source.window_spec(),
-                                   entries=self.prompt_entries(), checkpoint=getattr(model, "checkpoint_path", None))
+                                   entries=self.committed_entries(), checkpoint=getattr(model, "checkpoint_path", None))
         note = f" and {record.name}" if record else (" (no provenance: the image has no file)" if want else "")
         self.status.setText(f"saved {Path(out).name}{note}")
         return {"labels": Path(out), "sidecar": record}
