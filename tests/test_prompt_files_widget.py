@@ -77,6 +77,9 @@ def test_prompts_round_trip_and_save_labels(make_napari_viewer, qtbot, tmp_path)
     assert record["model"] == "classic" and record["image"].endswith("ct_crop.nrrd")
     assert [(p["slice"], p["label"]) for p in record["prompts"]] == [(4, 1)]  # only what was saved
     back = read_image(out["labels"])
+    from napari_samlab.cohort.replay import replay_labels
+
+    assert np.array_equal(replay_labels(out["sidecar"])[0], back.array)  # the record reproduces the file
     assert np.array_equal(back.array == 1, first)
     assert [(s["label"], s["name"]) for s in back.metadata["segments"]] == [(1, "tumour")]
     from napari_samlab.napari_plugin.writer import write_labels_layer  # File > Save Selected Layer
