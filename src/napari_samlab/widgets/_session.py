@@ -25,3 +25,18 @@ def session_for(viewer) -> ModelSession:
         except TypeError:
             pass
     return sess
+
+
+_PANELS: Dict[int, "weakref.ref"] = {}
+
+
+def register_segment_panel(viewer, panel) -> None:
+    """Make ``panel`` the Segment panel other docks of ``viewer`` commit through (a weak reference)."""
+    _PANELS[id(viewer)] = weakref.ref(panel)
+
+
+def segment_panel_for(viewer):
+    """The open Segment panel of ``viewer`` (None when there is none or it was closed)."""
+    ref = _PANELS.get(id(viewer))
+    panel = ref() if ref is not None else None
+    return None if panel is None or panel.closed else panel

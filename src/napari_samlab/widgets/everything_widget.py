@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFormL
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..errors import Cancelled, SamlabError
+from ..session.segments import Action, History
 from ._common import Notifier, progress_and_cancel, wait_until
 from ._session import session_for
 
@@ -61,6 +62,7 @@ class EverythingWidget(QWidget):
         self.notes = Notifier()
         self.rows: list = []
         self.scores: Optional[np.ndarray] = None
+        self.history = History()  # runs, deletes and merges of the result layer (Commit moves it into the segments)
         self._worker = None
         self._cancel: Optional[threading.Event] = None
         self._relay = _Relay()
@@ -109,9 +111,17 @@ class EverythingWidget(QWidget):
         self.delete_button.clicked.connect(lambda: self.delete(self._selected_labels()))
         self.merge_button = QPushButton("Merge selected")
         self.merge_button.clicked.connect(lambda: self.merge(self._selected_labels()))
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("undo the last run, delete or merge of this dock")
+        self.undo_button.clicked.connect(lambda: self.undo())
+        self.redo_button = QPushButton("Redo")
+        self.redo_button.clicked.connect(lambda: self.redo())
+        self.commit_button = QPushButton("Commit to segments")
+        self.commit_button.setToolTip("add every object as a segment of the Segment panel (one undo step there)")
+        self.commit_button.clicked.connect(lambda: self._slot(self.commit, "committing objects"))
         edits = QHBoxLayout()
-        edits.addWidget(self.delete_button)
-        edits.addWidget(self.merge_button)
+        for b in (self.delete_button, self.merge_button, self.undo_button, self.redo_button):
+            edits.addWidget(b)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -119,6 +129,7 @@ class EverythingWidget(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.table)
         lay.addLayout(edits)
+        lay.addWidget(self.commit_button)
 
     def _refresh_layers(self, *_):
         from napari.layers import Image
@@ -246,10 +257,8 @@ class EverythingWidget(QWidget):
         nd = result.labels.ndim
         kwargs = {"scale": tuple(src.scale[-nd:]), "translate": tuple(src.translate[-nd:])}
         if self.labels_layer is None:
-            self.viewer.add_labels(result.labels, name=RESULT_LAYER, **kwargs)
-        else:
-            self.labels_layer.data = result.labels
-        self.scores = result.scores
+            self.viewer.add_labels(np.zeros_like(result.labels), name=RESULT_LAYER, **kwargs)
+        self._apply(result.labels, result.scores, "segment all")
         for w in result.warnings:
             self.notes.warning(f"segment all: {w}")
         size = f"{result.diameter_px:.1f} px ({'estimated' if result.estimated else 'given'})" if result.diameter_px else "n/a"
@@ -297,17 +306,74 @@ class EverythingWidget(QWidget):
             self.viewer.dims.set_point(list(range(self.viewer.dims.ndim))[-3], world[0])
         self.viewer.camera.center = tuple(world[-2:])
 
-    def _apply(self, labels: np.ndarray, scores) -> None:
-        self.labels_layer.data = labels
+    def _apply(self, labels: np.ndarray, scores, text: str) -> None:
+        """Show ``labels`` in the result layer as one undoable step of this dock."""
+        before = (np.array(self.labels_layer.data, copy=True), self.scores)
+        after = (labels, scores)
+        self._show(*after)
+        self.history.push(Action(text, lambda: self._show(*before), lambda: self._show(*after)))
+
+    def _show(self, labels: np.ndarray, scores) -> None:
+        layer = self.labels_layer
+        if layer is None:
+            return
+        if layer.data.shape == labels.shape:
+            layer.data[...] = labels  # in place: the layer keeps its identity and view
+            layer.refresh()
+        else:
+            layer.data = labels
         self.scores = scores
         self._fill_table()
+
+    def undo(self) -> Optional[str]:
+        """Undo the last run, delete or merge of this dock; returns its description."""
+        action = self.history.undo()
+        return action.text if action else None
+
+    def redo(self) -> Optional[str]:
+        action = self.history.redo()
+        return action.text if action else None
+
+    def commit(self, name: str = "object") -> dict:
+        """Enter every object as a segment of the Segment panel, one undo step there (Ctrl+Z undoes it).
+
+        Opens the Segment panel when it is not open.  Returns
+        :meth:`SegmentStore.apply_result`'s ``{"labels", "written", "skipped"}``.
+        """
+        from ._session import segment_panel_for
+
+        layer = self.labels_layer
+        if layer is None or not np.any(layer.data):
+            raise SamlabError("there are no objects to commit: run Segment all first")
+        source = getattr(self, "_source", None)
+        if source is None or source not in self.viewer.layers:
+            raise SamlabError("the image of these objects is gone: run Segment all on an open image")
+        seg = segment_panel_for(self.viewer)
+        if seg is None:
+            from .segmentation_widget import SegmentationWidget
+
+            seg = SegmentationWidget(self.viewer)
+            self.viewer.window.add_dock_widget(seg, name="Segment", area="right")
+        out = seg.apply_result(np.asarray(layer.data), name=name, image=source)
+        self.status.setText(f"committed {len(out['labels'])} objects as segments "
+                            f"{out['labels'][0]}..{out['labels'][-1]}" if out["labels"] else "nothing committed")
+        return out
+
+    def _slot(self, fn, doing: str):
+        try:
+            return fn()
+        except SamlabError as err:
+            self.status.setText(err.for_gui())
+        except Exception as err:  # noqa: BLE001 - widget slot boundary
+            self.status.setText(self.notes.exception(err, doing))
+        return None
 
     def delete(self, labels: Sequence[int]) -> None:
         from ..instances.objects import delete_objects
 
         if self.labels_layer is None or not labels:
             return
-        self._apply(*delete_objects(self.labels_layer.data, labels, self.scores))
+        self._apply(*delete_objects(self.labels_layer.data, labels, self.scores), f"delete {len(labels)} objects")
 
     def merge(self, labels: Sequence[int]) -> None:
         from ..instances.objects import merge_objects
@@ -315,6 +381,6 @@ class EverythingWidget(QWidget):
         if self.labels_layer is None:
             return
         try:
-            self._apply(*merge_objects(self.labels_layer.data, labels, self.scores))
+            self._apply(*merge_objects(self.labels_layer.data, labels, self.scores), f"merge {len(labels)} objects")
         except Exception as err:  # noqa: BLE001 - widget slot boundary
             self.notes.exception(err, "merging objects")

@@ -1,7 +1,7 @@
 """The segmentation panel: prompts in, live preview, commit into named segments.
 
-The panel only translates between napari and the core.  It is composed of
-one module per concern:
+The panel only translates between napari and the core; every button is a
+public method (scriptable from napari's console).  One module per concern:
 
 * :mod:`.source_panel` (image, channels, window, views), :mod:`.image_binding`
   (the bound image follows the layer list), :mod:`.views` (planes, slices);
@@ -10,10 +10,7 @@ one module per concern:
   newest answer per plane wins, no nested event loops);
 * :mod:`.propagation_panel`: propagation, review, fill between, prefetch;
 * :mod:`.segments_layer` / :mod:`.segments_panel`: the segments layer and its
-  :class:`~napari_samlab.session.SegmentStore` (labels, table, undo history).
-
-Everything the buttons do is a public method, so sessions can be scripted
-from napari's console (see :class:`SegmentationWidget`).
+  :class:`~napari_samlab.session.SegmentStore`; :mod:`.prompt_files` (prompts/labels files, other docks' results).
 """
 from __future__ import annotations
 
@@ -34,6 +31,7 @@ from .live import LivePreview, Request
 from .prompt_layers import (  # noqa: F401 - names scripts and tests use
     BOXES_NAME, NEGATIVE_COLOR, POINTS_NAME, POSITIVE_COLOR, PREVIEW_NAME, PromptLayers,
 )
+from .prompt_files import PromptFilesMixin
 from .prompts_panel import PromptsPanel, status_line
 from .segments_layer import SEGMENTS_NAME, SegmentsLayer  # noqa: F401
 from .segments_panel import SegmentsPanel, to_rgba
@@ -41,7 +39,7 @@ from .views import fit_view, go_to_slice, show_view, step_slice
 from .source_panel import WINDOW_CHOICES, SourcePanel, composite_extractor, composite_layers  # noqa: F401
 
 
-class SegmentationWidget(QWidget):
+class SegmentationWidget(PromptFilesMixin, QWidget):
     """Segmentation panel for the bound image layer.
 
     Parameters
@@ -98,6 +96,7 @@ class SegmentationWidget(QWidget):
         self.session.about_to_change.connect(self._on_model_about_to_change)
         self.session.changed.connect(self._on_model_changed)
         self._bind_keys(self.viewer)
+        self._wire_files()
         self.binding.on_layers_changed()  # binds an image at once when there is one (what the box shows is bound)
 
     def _build_ui(self) -> None:
@@ -112,8 +111,7 @@ class SegmentationWidget(QWidget):
         lay.addWidget(self.source)
 
         self.prompts_panel = PromptsPanel(self, sc)
-        for name in ("points_button", "polarity_button", "box_button", "clear_button", "live_check", "segment_button",
-                     "encode_button", "progress", "cancel_button", "status"):
+        for name in ("points_button", "polarity_button", "box_button", "clear_button", "live_check", "segment_button", "encode_button", "progress", "cancel_button", "status"):
             setattr(self, name, getattr(self.prompts_panel, name))
         lay.addWidget(self.prompts_panel)
 
@@ -129,8 +127,7 @@ class SegmentationWidget(QWidget):
         sp.redo_requested.connect(lambda: self.guard(self.redo, "redoing"))
         sp.state_requested.connect(lambda lab, s: self.guard(lambda: self.set_segment_state(lab, s), "changing the state"))
         sp.colors_changed.connect(self._color_layers)
-        for name in ("label_spin", "name_edit", "color_button", "overwrite_check", "commit_button", "undo_button",
-                     "redo_button", "table"):
+        for name in ("label_spin", "name_edit", "color_button", "overwrite_check", "commit_button", "undo_button", "redo_button", "table"):
             setattr(self, name, getattr(sp, name))
         lay.addWidget(sp, 1)
 
@@ -429,7 +426,7 @@ class SegmentationWidget(QWidget):
         elif sp.next_color is not None and label not in store.segments:
             color = sp.next_color
         overwrite = self.overwrite_check.isChecked() if overwrite is None else bool(overwrite)
-        prompts_before = self.layers.snapshot()
+        prompts_before, entries = self.layers.snapshot(), self.current_entries(label)
         preview_before = self.layers.preview_snapshot()
         try:
             out = store.commit(pv.data, label, name, color, overwrite, state,
@@ -439,6 +436,7 @@ class SegmentationWidget(QWidget):
         except SamlabError as exc:
             self.notes.error(str(exc))
             return {"label": label, "written": 0, "skipped": 0}
+        self.prompt_log.extend(entries)
         self._clear_after_commit()
         if out["skipped"]:
             self.notes.warning(f"{out['skipped']} voxels belong to completed or locked segments and were left as "
@@ -667,6 +665,7 @@ class SegmentationWidget(QWidget):
             self.target_layer.refresh()
         self.segments_panel.refresh()
         self._color_layers()
+        self.sync_segment_metadata()
 
     def _color_layers(self) -> None:
         self.committed.color(self.preview_layer, self.segments_panel.current_color(), self.session.takes_prompts)

@@ -12,7 +12,7 @@ from typing import Optional
 from qtpy.QtCore import Signal
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QAbstractItemView, QCheckBox, QColorDialog, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
+    QAbstractItemView, QCheckBox, QColorDialog, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
     QLineEdit, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
@@ -43,6 +43,9 @@ class SegmentsPanel(QWidget):
     redo_requested = Signal()
     state_requested = Signal(int, str)
     colors_changed = Signal()
+    save_prompts_requested = Signal(str)
+    load_prompts_requested = Signal(str)
+    save_labels_requested = Signal(str)
 
     def __init__(self, shortcuts: dict, parent=None):
         super().__init__(parent)
@@ -98,7 +101,37 @@ class SegmentsPanel(QWidget):
         self.table.setToolTip("click a row to add to that segment; set its state to completed or locked to protect it")
         self.table.cellClicked.connect(self._on_table_clicked)
         lay.addWidget(self.table, 1)
+        lay.addWidget(self._files_box())
         self.update_color_button()
+
+    def _files_box(self) -> QGroupBox:
+        box = QGroupBox("Files")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        for text, tip, signal, save, filt in (
+                ("Save prompts", "write every prompt of this image (slices, labels, propagate) to a JSON file",
+                 self.save_prompts_requested, True, "Prompts (*.json)"),
+                ("Load prompts", "place the prompts of a prompts file on their slices (one label at a time)",
+                 self.load_prompts_requested, False, "Prompts (*.json)"),
+                ("Save labels", "write the segments with their names and colours on the image's grid",
+                 self.save_labels_requested, True, "Labels (*.nii.gz *.nii *.seg.nrrd *.nrrd *.mha *.tif *.png *.dcm)")):
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.clicked.connect(lambda _=False, t=text, s=signal, sv=save, f=filt: self._ask_path(t, s, sv, f))
+            row.addWidget(b)
+            setattr(self, text.lower().replace(" ", "_") + "_button", b)
+        lay.addLayout(row)
+        self.sidecar_check = QCheckBox("write provenance (.json) next to saved labels")
+        self.sidecar_check.setChecked(True)
+        self.sidecar_check.setToolTip("how the labels were made (image and model hashes, prompts), so they can be replayed")
+        lay.addWidget(self.sidecar_check)
+        return box
+
+    def _ask_path(self, title: str, signal, save: bool, filt: str) -> None:
+        ask = QFileDialog.getSaveFileName if save else QFileDialog.getOpenFileName
+        path, _ = ask(self, title, "", filt)
+        if path:
+            signal.emit(path)
 
     # -- what the next commit uses -------------------------------------------
     def current_color(self) -> tuple:
