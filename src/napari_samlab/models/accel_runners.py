@@ -6,6 +6,8 @@ and the export/quantisation steps they need.
 """
 from __future__ import annotations
 
+import contextlib
+
 import threading
 import warnings
 from pathlib import Path
@@ -38,15 +40,31 @@ def check_cancel(cancel: Optional[threading.Event]) -> None:
         raise Cancelled("encoding stopped on request")
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """PyTorch's intra-op thread count set for one encode, then given back.
+
+    Set per call (other code may have changed it) and restored after: the
+    decoder that runs next in the same process must keep the caller's thread
+    count, or its float sums change order and a fresh encode would decode
+    differently from a cached one (issue 12: exact reuse).
+    """
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def torch_runner(encoder: torch.nn.Module, threads: int) -> Callable:
     encoder.eval()
     device = next(encoder.parameters()).device
 
     def run(x, cancel=None):
-        # set per call: other code (or another library) may have changed it
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        with torch.inference_mode():
+        with _torch_threads(threads), torch.inference_mode():
             return encoder(as_tensor(x).to(device)).float()
 
     return run
@@ -86,9 +104,7 @@ def autocast_runner(encoder: torch.nn.Module, threads: int, device_type: Optiona
     dtype = autocast_dtype(device_type)
 
     def run(x, cancel=None):
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        with torch.inference_mode(), torch.autocast(device_type=device_type, dtype=dtype):
+        with _torch_threads(threads), torch.inference_mode(), torch.autocast(device_type=device_type, dtype=dtype):
             out = encoder(as_tensor(x).to(device))
         return out.float()
 

@@ -257,3 +257,27 @@ def encoder_report(model) -> dict:
     return {"backend": used, "requested": getattr(model, "encoder_backend", None), "precision": precision,
             "device": device, "exported": exported, "verify_error": err, "tolerance": EXACT_RTOL if exported else None,
             "summary": f"encoder: {used} {precision} on {device} ({how})"}
+
+
+def embedding_tensor(arr, device: str = "cpu"):
+    """A cached or fresh embedding array as a torch tensor that torch owns.
+
+    ``torch.from_numpy`` shares numpy's buffer, whose alignment differs
+    between an encoder's output and an array read back from the cache; CPU
+    BLAS kernels (oneDNN, MKL) may sum in another order for another
+    alignment, so the decoder's scores could differ in the last bits for the
+    same embedding.  A copy into torch's own (64-byte aligned) memory makes
+    a cache hit decode exactly as a fresh encode does.
+
+    Examples
+    --------
+    >>> t = embedding_tensor(np.ones((1, 4), np.float32))   # doctest: +SKIP
+    >>> t.data_ptr() % 64                                   # doctest: +SKIP
+    0
+    """
+    import torch
+
+    src = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    out = torch.empty(src.shape, dtype=torch.float32, device=device)
+    out.copy_(src)
+    return out

@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import SamlabError
-from .base import Prediction, Prompt, SegmentationModel
+from .base import Prediction, Prompt, SegmentationModel, embedding_tensor
 
 # Known Hiera trunks: signature (embed_dim, blocks per stage) -> architecture.
 # ``config`` is the sam2 package's file (SAM 2.1; ``config_v20`` for SAM 2.0);
@@ -327,7 +327,7 @@ class Sam2Model(SegmentationModel):
         from .sam2_inputs import prompt_tensors
 
         h, w = (int(v) for v in embedding["original_size"])
-        fpn = [torch.from_numpy(embedding[f"fpn{i}"]).to(self.device) for i in range(3)]
+        fpn = [embedding_tensor(embedding[f"fpn{i}"], self.device) for i in range(3)]
         net = self.net
         pe = net.image_encoder.neck.position_encoding
         feats = {"vision_features": fpn[-1], "backbone_fpn": fpn,

@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, PromptError, SamlabError
-from .base import Prediction, Prompt, SegmentationModel
+from .base import Prediction, Prompt, SegmentationModel, embedding_tensor
 from .checkpoint import plain_state_dict
 from .msa_net import PATCH_SIZE, WINDOW_SIZE  # the network itself: msa_net.py, built lazily
 from .msa_net import modules as _modules
@@ -513,7 +513,7 @@ class MsaModel(SegmentationModel):
         labels = list(prompt.point_labels) if prompt.point_labels is not None else [1] * len(coords)
         if len(labels) != len(coords):
             raise SamlabError(f"{len(coords)} points but {len(labels)} point labels: give one label (1 or 0) per point")
-        emb = torch.from_numpy(np.asarray(embedding["image_embedding"], dtype=np.float32)).to(self.device)
+        emb = embedding_tensor(embedding["image_embedding"], self.device)
         pts = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
         lab = torch.as_tensor(np.asarray(labels, dtype=np.int64), dtype=torch.int, device=self.device)[None]
         with torch.no_grad():

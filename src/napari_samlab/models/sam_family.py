@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import PromptError, SamlabError
-from .base import Prediction, Prompt, SegmentationModel
+from .base import Prediction, Prompt, SegmentationModel, embedding_tensor
 
 VIT_NAMES = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _VIT_HEADS = {768: 12, 1024: 16, 1280: 16}
@@ -391,7 +391,7 @@ class SamFamilyModel(SegmentationModel):
         memo = self._feat_memo
         if memo is not None and memo[0]() is arr:
             return memo[1]
-        feats = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(self.device)
+        feats = embedding_tensor(arr, self.device)
         try:
             self._feat_memo = (weakref.ref(arr), feats)
         except TypeError:

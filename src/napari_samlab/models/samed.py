@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import SamlabError
-from .base import Prediction, Prompt, SegmentationModel
+from .base import Prediction, Prompt, SegmentationModel, embedding_tensor
 from .checkpoint import plain_state_dict
 
 SAMED_IMAGE_SIZE = 512  # the network's input side (test.py --img_size)
@@ -601,7 +601,7 @@ class SamedModel(SegmentationModel):
         import torch
         import torch.nn.functional as F
 
-        emb = torch.from_numpy(np.asarray(embedding["image_embedding"], dtype=np.float32)).to(self.device)
+        emb = embedding_tensor(embedding["image_embedding"], self.device)
         with torch.no_grad():
             pe = self.sam.prompt_encoder
             sparse, dense = pe(points=None, boxes=None, masks=None)
