@@ -317,22 +317,12 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
             print("samlab: note: this model segments without prompts; --box/--point are ignored", file=sys.stderr)
         win = resolve_window(window, volume, model, modality)
         _say_window(win, guess, args)
-        slices = range(volume.shape[0]) if is3d else [None]
         if is3d and args.slice is not None:
             _check_slice(args.slice, volume.shape[0])
-            slices = [args.slice]
-        from .base.prompts import Prompt
+        from .cohort.apply import segment_without_prompts  # the one automatic path (segment, batch, replay)
 
-        for z in slices:
-            plane = volume[z] if z is not None else volume
-            predictor.set_image(plane, window=win)
-            pred = predictor.predict_prompt(Prompt())
-            cls = pred.labels if pred.labels is not None else pred.mask.astype(np.uint8)
-            if z is None:
-                labels[...] = cls
-            else:
-                labels[z] = cls
-        return labels
+        return segment_without_prompts(image, model, window, only_slice=args.slice if is3d else None,
+                                       predictor=predictor, modality=modality)
 
     if is3d:
         if args.slice is None:

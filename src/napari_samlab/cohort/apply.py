@@ -139,7 +139,8 @@ def segment_with_prompts(image, model, entries: Sequence[PromptEntry], window="a
     return labels
 
 
-def segment_without_prompts(image, model, window="auto", only_slice: Optional[int] = None, cache_dir=None) -> np.ndarray:
+def segment_without_prompts(image, model, window="auto", only_slice: Optional[int] = None, cache_dir=None,
+                            predictor=None, modality: Optional[str] = None) -> np.ndarray:
     """Automatic segmentation (SAMed): the model's classes on every slice.
 
     Parameters
@@ -150,6 +151,10 @@ def segment_without_prompts(image, model, window="auto", only_slice: Optional[in
     window : str or (level, width)
     only_slice : int, optional
         Segment this slice only (the rest stays 0), as ``samlab segment --slice``.
+    predictor : SlicePredictor, optional
+        Reuse this one (its caches); default: a new one with ``cache_dir``.
+    modality : str, optional
+        ``"CT"``/``"MR"`` when the caller knows it; default: the image's metadata.
 
     Returns
     -------
@@ -164,8 +169,8 @@ def segment_without_prompts(image, model, window="auto", only_slice: Optional[in
     volume = image.array
     shape = tuple(image.spatial_shape)
     is3d = len(shape) == 3
-    win = resolve_window(_window_arg(window), volume, model, image.metadata.get("modality"))
-    predictor = SlicePredictor(model, cache_dir=cache_dir)
+    win = resolve_window(_window_arg(window), volume, model, modality or image.metadata.get("modality"))
+    predictor = predictor if predictor is not None else SlicePredictor(model, cache_dir=cache_dir)
     labels = label_array(shape, [], model.num_classes)
     slices: List[Optional[int]] = list(range(shape[0])) if is3d else [None]
     if is3d and only_slice is not None:

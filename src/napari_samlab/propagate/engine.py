@@ -15,7 +15,7 @@ from ..base.prompts import Prompt
 from ..errors import Cancelled
 from ..models.base import Prediction
 from .plan import RunSpec
-from .quality import SliceRecord, StopInfo, bbox, deepest_points, iou
+from .quality import SliceRecord, StopInfo, bbox, deepest_points, iou, slice_flags
 from .strategy import OWN, mask_prompt, parse_strategy
 
 #: stop reasons that are rules (the run ended on a bad slice, not a limit)
@@ -267,15 +267,9 @@ class Engine:
         change = abs(mean - run.ref_mean) if run.ref_mean is not None else None
         if s.stop_intensity_change > 0 and change is not None and change > s.stop_intensity_change:
             return self.stop(run, "intensity", z, change)
-        flags = set()
+        flags = slice_flags(s, score, i, ratio)
         if s.flag_intensity_change > 0 and change is not None and change > s.flag_intensity_change:
             flags.add("intensity")
-        if s.flag_min_score > 0 and score < s.flag_min_score:
-            flags.add("low_score")
-        if i is not None and i < s.flag_min_iou:
-            flags.add("low_iou")
-        if ratio is not None and max(ratio, 1.0 / ratio) > s.flag_area_factor:
-            flags.add("big_jump")
         # the model's own doubts about this slice (classic "track": leak cut, weak evidence...)
         flags |= set((pred.extra or {}).get("flags") or ())
         written = self.write(z, mask)

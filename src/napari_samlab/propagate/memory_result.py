@@ -35,7 +35,7 @@ from ..base.prompts import Prompt
 from ..errors import Cancelled
 from .memory import MemorySession, keep_largest_component
 from .plan import z_limits
-from .quality import SliceRecord, StopInfo, iou
+from .quality import SliceRecord, StopInfo, iou, slice_flags
 from .settings import PropagationResult
 
 __all__ = ["propagate_with_memory", "repropagate_with_memory"]
@@ -207,13 +207,7 @@ def _result(session, vol, merged, tracked, scores, anchors, s, window, old, lock
             prev_area = int(out[prev].sum())
             ratio = area / prev_area if prev_area else None
         score = float(scores.get(z, 1.0))
-        flags = set()
-        if s.flag_min_score > 0 and score < s.flag_min_score:
-            flags.add("low_score")
-        if i is not None and i < s.flag_min_iou:
-            flags.add("low_iou")
-        if ratio is not None and max(ratio, 1.0 / ratio) > s.flag_area_factor:
-            flags.add("big_jump")
+        flags = slice_flags(s, score, i, ratio)
         source = "anchor" if z in anchors else "propagated"
         records[z] = SliceRecord(z, score, i, area, ratio, source, flags, z if z in anchors else near)
     stops = [_stop("down", first, lo, lo_r, -1, out, tracked, records, cancelled),

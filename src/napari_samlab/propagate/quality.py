@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["SliceRecord", "StopInfo", "FLAGS", "STOP_REASONS", "iou", "dice", "bbox", "deepest_points"]
+__all__ = ["SliceRecord", "StopInfo", "FLAGS", "STOP_REASONS", "iou", "dice", "bbox", "deepest_points", "slice_flags"]
 
 #: Flags a :class:`SliceRecord` may carry, and what they mean.
 FLAGS = {
@@ -241,3 +241,32 @@ def deepest_points(mask: np.ndarray, n: int = 1, min_fraction: float = 0.2) -> l
         y, x = np.unravel_index(int(np.argmax(d)), d.shape)
         pts.append((int(x), int(y)))
     return pts
+
+
+def slice_flags(settings, score: float, iou_prev: Optional[float], area_ratio: Optional[float]) -> set:
+    """The flags every engine's propagated slice gets from its score, overlap and area change.
+
+    Parameters
+    ----------
+    settings : PropagationSettings
+        ``flag_min_score``, ``flag_min_iou``, ``flag_area_factor``.
+    score : float
+    iou_prev : float or None
+        IoU with the slice before (None: no slice before).
+    area_ratio : float or None
+        Area over the previous slice's area.
+
+    Examples
+    --------
+    >>> from napari_samlab.propagate import PropagationSettings
+    >>> sorted(slice_flags(PropagationSettings(), 0.9, 0.1, 4.0))
+    ['big_jump', 'low_iou']
+    """
+    flags = set()
+    if settings.flag_min_score > 0 and score < settings.flag_min_score:
+        flags.add("low_score")
+    if iou_prev is not None and iou_prev < settings.flag_min_iou:
+        flags.add("low_iou")
+    if area_ratio is not None and max(area_ratio, 1.0 / area_ratio) > settings.flag_area_factor:
+        flags.add("big_jump")
+    return flags
