@@ -139,3 +139,22 @@ def test_replay_gives_the_same_labels_and_refuses_changed_inputs(tmp_path, capsy
     code = main(["replay", str(prompts), "-o", str(refused)])
     _, err = capsys.readouterr()
     assert code != 0 and "not a samlab provenance file" in err
+
+
+def test_replay_of_a_segment_everything_run(tmp_path, samples, capsys):
+    # --everything has no prompts: its record keeps its own settings, and replay reruns them
+    import tifffile
+
+    crop = tifffile.imread(samples / "nuclei.tif")[:160, :160]
+    image = tmp_path / "nuclei.tif"
+    tifffile.imwrite(image, crop)
+    out = tmp_path / "instances.tif"
+    assert main(["segment", str(image), "-o", str(out), "--everything", "--min-size", "20"]) == 0
+    rec = read_provenance(tmp_path / "instances.json")
+    assert rec["prompts"] == [] and rec["everything"]["min_size"] == 20
+    again = tmp_path / "again.tif"
+    assert main(["replay", str(tmp_path / "instances.json"), "-o", str(again)]) == 0
+    first = tifffile.imread(out)
+    assert first.max() > 5
+    np.testing.assert_array_equal(tifffile.imread(again), first)
+    capsys.readouterr()

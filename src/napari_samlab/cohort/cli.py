@@ -126,15 +126,17 @@ def write_segment_sidecar(image, model, args, out) -> Path:
     If the sidecar cannot be written, the just-written OUT is removed too, so
     that a label image never exists without its record.
     """
+    from ..instances.cli import everything_settings
     from .provenance import write_sidecar
 
     out = Path(out)
     prompts_file = getattr(args, "prompts", None)
     try:
         return write_sidecar(out, image=image.metadata.get("path") or args.image, model=model, window=_window(args),
-                             entries=entries_for_args(args) if model.needs_prompt else [],
+                             entries=entries_for_args(args) if model.needs_prompt and not everything_settings(args) else [],
                              checkpoint=args.checkpoint, base_checkpoint=getattr(args, "base_checkpoint", None),
-                             only_slice=args.slice if (not model.needs_prompt and prompts_file is None) else None)
+                             only_slice=args.slice if (not model.needs_prompt and prompts_file is None) else None,
+                             everything=everything_settings(args))
     except BaseException:
         out.unlink(missing_ok=True)
         raise

@@ -6,7 +6,8 @@ SPEC keys ``samlab_version``, ``case``, ``image`` (absolute path),
 ``window``, ``prompts`` (as applied, defaults filled in), ``created``
 (ISO 8601) and ``engine`` (``backend``, ``precision``, ``device``), plus what
 a rerun also needs: ``base_checkpoint`` and ``base_checkpoint_sha256``
-(SAMed), ``only_slice`` (SAMed restricted to one slice) and ``labels`` /
+(SAMed), ``only_slice`` (SAMed restricted to one slice), ``everything``
+(the settings of a ``--everything`` run: object size, min size, tile size) and ``labels`` /
 ``labels_sha256`` (the output it describes, so that a rerun can tell a
 finished case from a half-replaced one).
 
@@ -138,7 +139,8 @@ def now_iso() -> str:
 
 def build_provenance(*, case: str, image, image_sha256: str, model: str, checkpoint, checkpoint_sha256,
                      window, prompts: list, engine: dict, base_checkpoint=None, base_checkpoint_sha256=None,
-                     only_slice: Optional[int] = None, labels=None, labels_sha256: Optional[str] = None) -> dict:
+                     only_slice: Optional[int] = None, labels=None, labels_sha256: Optional[str] = None,
+                     everything: Optional[dict] = None) -> dict:
     """The provenance record (a plain dict, JSON-ready).
 
     Parameters
@@ -182,6 +184,8 @@ def build_provenance(*, case: str, image, image_sha256: str, model: str, checkpo
         rec["base_checkpoint_sha256"] = base_checkpoint_sha256
     if only_slice is not None:
         rec["only_slice"] = int(only_slice)
+    if everything is not None:
+        rec["everything"] = dict(everything)
     if labels is not None:
         rec["labels"] = Path(labels).name
         rec["labels_sha256"] = labels_sha256
@@ -268,7 +272,8 @@ def is_done(record_path, labels_path, expected: dict) -> bool:
 
 
 def write_sidecar(out, *, image, model, window, entries, checkpoint=None, base_checkpoint=None,
-                  only_slice: Optional[int] = None, case: Optional[str] = None) -> Path:
+                  only_slice: Optional[int] = None, case: Optional[str] = None,
+                  everything: Optional[dict] = None) -> Path:
     """Write the provenance sidecar of a label image that was just written.
 
     The one call for every front end that saves labels (``samlab segment``,
@@ -290,6 +295,9 @@ def write_sidecar(out, *, image, model, window, entries, checkpoint=None, base_c
     checkpoint, base_checkpoint : path, optional
     only_slice : int, optional
         SAMed run on one slice only.
+    everything : dict, optional
+        The settings of a "segment everything" run (no prompts):
+        ``object_size``, ``object_size_um``, ``min_size``, ``tile_size``.
     case : str, optional
         Defaults to ``out``'s name without extension.
 
@@ -313,7 +321,7 @@ def write_sidecar(out, *, image, model, window, entries, checkpoint=None, base_c
         checkpoint=checkpoint, checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
         window=window_request(window), prompts=[as_entry(e).to_dict() for e in entries], engine=engine_info(model),
         base_checkpoint=base_checkpoint, base_checkpoint_sha256=file_sha256(base_checkpoint) if base_checkpoint else None,
-        only_slice=only_slice, labels=out, labels_sha256=file_sha256(out))
+        only_slice=only_slice, labels=out, labels_sha256=file_sha256(out), everything=everything)
     return write_provenance(sidecar_path(out), record)
 
 

@@ -74,7 +74,12 @@ def replay_labels(record_path, device: Optional[str] = None) -> tuple:
                        encoder_backend=backend if backend in ENCODER_BACKENDS_EXACT else None)
     image = read_image(rec["image"])
     window = rec["window"]
-    labels = segment_image_with(image, model, entries, window, only_slice=rec.get("only_slice"), source=name)
+    if rec.get("everything") is not None:  # a "segment everything" run: no prompts, its own settings
+        from ..instances.cli import everything_args, run_everything
+
+        labels = run_everything(everything_args(rec["everything"]), image, model)
+    else:
+        labels = segment_image_with(image, model, entries, window, only_slice=rec.get("only_slice"), source=name)
     return labels, image, rec
 
 

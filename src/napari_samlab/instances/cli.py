@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import warnings
 
+from typing import Optional
+
 import numpy as np
 
 from ..errors import SamlabError
@@ -28,6 +30,25 @@ def add_everything_options(parser) -> None:
 def _spacing_um(image) -> tuple:
     """Pixel size per array axis (z, y, x) in micrometres; SimpleITK spacing is (x, y, z) in millimetres."""
     return tuple(float(s) * 1000.0 for s in reversed(image.spacing))
+
+
+EVERYTHING_OPTIONS = ("object_size", "object_size_um", "min_size", "tile_size")
+
+
+def everything_settings(args) -> Optional[dict]:
+    """The ``--everything`` options of a run (for its provenance record), or None without ``--everything``."""
+    if not getattr(args, "everything", False):
+        return None
+    return {k: getattr(args, k, None) for k in EVERYTHING_OPTIONS}
+
+
+def everything_args(settings: dict):
+    """An argument namespace for :func:`run_everything` from a record's ``everything`` settings (replay)."""
+    import types
+
+    base = {"box": None, "point": [], "negative": [], "prompts": None, "propagate": False, "slice": None,
+            "everything": True}
+    return types.SimpleNamespace(**base, **{k: settings.get(k) for k in EVERYTHING_OPTIONS})
 
 
 def run_everything(args, image, model) -> np.ndarray:
