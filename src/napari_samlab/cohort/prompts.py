@@ -272,18 +272,13 @@ def save_prompts(path, entries: Sequence, image=None) -> Path:
     --------
     >>> save_prompts(tmp / "p.json", [PromptEntry(slice=4, box=(1, 1, 9, 9), propagate=True)])  # doctest: +SKIP
     """
-    from ..io.atomic import atomic_output
+    from ..io.atomic import write_json
 
     path = Path(path)
     doc = prompts_document(entries, image)
     if not path.parent.exists():
         raise SamlabError(f"folder {path.parent} does not exist: choose another place for the prompts file")
-    try:
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise SamlabError(f"could not write {path.name}: {err.strerror or err}") from None
-    return path
+    return write_json(path, doc)
 
 
 def check_entries_fit(entries: Sequence[PromptEntry], spatial_shape: tuple, source: str = "prompts") -> None:

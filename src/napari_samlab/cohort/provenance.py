@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import SamlabError
-from ..io.atomic import atomic_output, split_ext
+from ..io.atomic import split_ext, write_json
 
 REQUIRED_KEYS = ("samlab_version", "case", "image", "image_sha256", "model", "checkpoint",
                  "checkpoint_sha256", "window", "prompts", "created", "engine")
@@ -200,12 +200,7 @@ def write_provenance(path, record: dict) -> Path:
     >>> write_provenance(outdir / "c1.json", rec)   # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise SamlabError(f"could not write {path.name}: {err.strerror or err}") from None
-    return path
+    return write_json(path, record)
 
 
 def read_provenance(path) -> dict:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import stat
 from pathlib import Path
+
+from ..errors import SamlabError
 
 
 def split_ext(path) -> tuple:
@@ -64,3 +67,25 @@ def _new_temp(folder: Path, prefix: str, suffix: str) -> tuple:
             os.close(fd)
         return tmp, mode
     raise FileExistsError(f"cannot create a temporary file in {folder}")
+
+
+def write_json(path, doc) -> Path:
+    """Write ``doc`` as indented JSON to ``path`` atomically (prompts files, provenance records).
+
+    Raises
+    ------
+    SamlabError
+        The file cannot be written (the message names it and why).
+
+    Examples
+    --------
+    >>> write_json("case01.json", {"case": "case01"})   # doctest: +SKIP
+    PosixPath('case01.json')
+    """
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise SamlabError(f"could not write {path.name}: {err.strerror or err}") from None
+    return path
