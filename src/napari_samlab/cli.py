@@ -175,15 +175,10 @@ def run_cache(args) -> int:
 
 # -- samlab segment --------------------------------------------------------
 def run_segment(args) -> int:
-    from .io.readers import read_image
-    from .io.writers import LABEL_FORMATS
-    from .io.readers import image_extension
+    from .io.readers import image_extension, read_image
+    from .io.writers import check_label_output
 
-    out = Path(args.output)
-    if image_extension(out) not in LABEL_FORMATS:
-        raise SamlabError(f"cannot write labels to {out.name}: end OUT with one of {', '.join(LABEL_FORMATS)}")
-    if not out.parent.exists():
-        raise SamlabError(f"output folder {out.parent} does not exist: create it first")
+    out = check_label_output(args.output)
     if not 1 <= args.label <= 65535:
         raise SamlabError(f"--label {args.label} is out of range: use 1..65535")
     _check_window_level(args.window_level)

@@ -212,14 +212,9 @@ def run_batch_command(args) -> int:
 def run_replay_command(args) -> int:
     from .replay import replay_labels
     from .. import write_labels
-    from ..io.readers import image_extension
-    from ..io.writers import LABEL_FORMATS
+    from ..io.writers import check_label_output
 
-    out = Path(args.output)
-    if image_extension(out) not in LABEL_FORMATS:
-        raise SamlabError(f"cannot write labels to {out.name}: end OUT with one of {', '.join(LABEL_FORMATS)}")
-    if not out.parent.exists():
-        raise SamlabError(f"output folder {out.parent} does not exist: create it first")
+    out = check_label_output(args.output)
     labels, image, rec = replay_labels(args.record, args.device)
     write_labels(labels, image, out)
     print(f"wrote {out} (case {rec['case']}, {int((labels != 0).sum())} voxels labelled)")

@@ -21,6 +21,22 @@ _FLAT_FORMATS = (".png", ".tif", ".tiff")
 _SIDECAR_FORMATS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
+def check_label_output(path) -> Path:
+    """Refuse, before any work, an output path no label format fits or whose folder is missing.
+
+    Examples
+    --------
+    >>> check_label_output("out/tumour.nii.gz")   # doctest: +SKIP
+    PosixPath('out/tumour.nii.gz')
+    """
+    out = Path(path)
+    if image_extension(out) not in LABEL_FORMATS:
+        raise SamlabError(f"cannot write labels to {out.name}: end OUT with one of {', '.join(LABEL_FORMATS)}")
+    if not out.parent.exists():
+        raise SamlabError(f"output folder {out.parent} does not exist: create it first")
+    return out
+
+
 def label_dtype(labels: np.ndarray):
     """Smallest unsigned type that holds every label value."""
     top = int(labels.max(initial=0))
