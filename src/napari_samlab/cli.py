@@ -343,7 +343,8 @@ def segment_image(image, model, args, predictor=None) -> np.ndarray:
         from .propagate import propagate_from_prompt
 
         t0 = time.perf_counter()
-        result = propagate_from_prompt(predictor, volume, args.slice, prompt, window=win, modality=modality)
+        result = propagate_from_prompt(predictor, volume, args.slice, prompt, window=win, modality=modality,
+                                       spacing=image.spacing[::-1])
         labels[result.mask] = args.label
         flagged = result.flagged_slices()
         zs = np.flatnonzero(result.mask.any(axis=(1, 2)))
@@ -454,7 +455,9 @@ def flag_lines(result) -> List[str]:
     for z in result.flagged_slices():
         rec = result.records[z]
         parts = []
-        for flag in sorted(rec.flags):
+        # the engine's own area/overlap flags say what the generic ones already say
+        same = {"track_jump": "big_jump", "track_overlap": "low_iou"}
+        for flag in sorted(f for f in rec.flags if same.get(f) not in rec.flags):
             why = _FLAG_WHY.get(flag, flag)
             if flag == "stopped_here" and z in stops:
                 why += f" ({_stop_why(stops[z])})"
