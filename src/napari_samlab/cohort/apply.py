@@ -127,7 +127,8 @@ def segment_with_prompts(image, model, entries: Sequence[PromptEntry], window="a
     labels = label_array(shape, [e.label for e in entries])
     for entry, prompt in zip(entries, prompts):
         if is3d and entry.propagate:
-            result = propagate_from_prompt(predictor, volume, entry.slice, prompt, window=win, modality=modality)
+            result = propagate_from_prompt(predictor, volume, entry.slice, prompt, window=win, modality=modality,
+                                           spacing=image.spacing[::-1])
             labels[result.mask] = entry.label
             continue
         predictor.set_image(volume[entry.slice] if is3d else volume, window=win)

@@ -171,7 +171,8 @@ class ClassicModel(SegmentationModel):
                  split_sigma: float = 2.0, split_dist: float = 0.5, ray_rise: float = 0.25,
                  track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
-                 track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6):
+                 track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
+                 track_thick: float = 1.0, track_calibrate: float = 0.5):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
@@ -185,6 +186,7 @@ class ClassicModel(SegmentationModel):
             track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
+            track_thick=float(track_thick), track_calibrate=float(track_calibrate),
         )
         for k, v in self.params.items():
             setattr(self, k, v)
@@ -357,7 +359,8 @@ class ClassicModel(SegmentationModel):
         """
         return classic_track.object_stats(embedding, mask, prev)
 
-    def propagate_step(self, embedding: dict, prev_mask: np.ndarray, prev_stats: Optional[dict] = None) -> Prediction:
+    def propagate_step(self, embedding: dict, prev_mask: np.ndarray, prev_stats: Optional[dict] = None,
+                       slice_ratio: float = 1.0) -> Prediction:
         """The object of ``prev_mask`` (the neighbouring slice's result) on this slice.
 
         The object's appearance (learned on the prompted slice, updated
@@ -375,6 +378,9 @@ class ClassicModel(SegmentationModel):
             :meth:`object_stats` of the previous slice (``extra["stats"]``
             of the previous prediction); None estimates them from
             ``prev_mask`` on this slice.
+        slice_ratio : float
+            Slice spacing over pixel size (``PropagationSettings.slice_ratio``):
+            on thick slices the object may move and grow further.
 
         Returns
         -------
@@ -408,7 +414,7 @@ class ClassicModel(SegmentationModel):
         st = prev_stats if prev_stats is not None and "anchor" in prev_stats else self.object_stats(embedding, P)
         if st is None:
             return ended("no previous mask")
-        full, info = classic_track.propagate_step(self.params, embedding, P, st)
+        full, info = classic_track.propagate_step(self.params, embedding, P, st, slice_ratio)
         if full is None:
             return ended(info.pop("ended"), **info)
         stats = self.object_stats(embedding, full, prev=dict(st, _change=info.get("change", 0.0)))

@@ -81,8 +81,10 @@ def _locked_volume(locked, shape) -> Optional[np.ndarray]:
     return lv
 
 
-def _settings(settings) -> PropagationSettings:
+def _settings(settings, spacing=None) -> PropagationSettings:
     s = PropagationSettings() if settings is None else replace(settings)
+    if spacing is not None:
+        s.spacing = tuple(float(v) for v in spacing)
     s.stop_slices = {int(z) for z in (s.stop_slices or ())}
     if s.max_empty < 1:
         raise SamlabError(f"max_empty must be at least 1, not {s.max_empty}")
@@ -133,7 +135,8 @@ def propagate_volume(predictor, volume, anchors: dict, *, window: Union[str, tup
                      modality: Optional[str] = None, settings: Optional[PropagationSettings] = None,
                      labels_init: Optional[np.ndarray] = None, locked=None,
                      cancel: Optional[Callable[[], bool]] = None,
-                     progress: Optional[Callable[[int, int, Optional[int]], None]] = None) -> PropagationResult:
+                     progress: Optional[Callable[[int, int, Optional[int]], None]] = None,
+                     spacing: Optional[tuple] = None) -> PropagationResult:
     """Propagate anchor slices through a volume in both directions.
 
     Parameters
@@ -162,6 +165,9 @@ def propagate_volume(predictor, volume, anchors: dict, *, window: Union[str, tup
         done (``result.cancelled``).
     progress : callable, optional
         ``progress(done, total, z)`` after each slice.
+    spacing : tuple of 3 floats, optional
+        Voxel size (slice, row, column) in mm; sets ``settings.spacing``
+        (thick slices let the object change more between slices).
 
     Returns
     -------
@@ -184,7 +190,7 @@ def propagate_volume(predictor, volume, anchors: dict, *, window: Union[str, tup
     (True, {'down': 'empty', 'up': 'low_iou'})
     """
     vol = _check_volume(volume)
-    s = _settings(settings)
+    s = _settings(settings, spacing)
     model = predictor.model
     anchors = _check_anchors(anchors if anchors is not None else {}, vol, model) if (anchors or model.needs_prompt) else {}
     shape = vol.shape[:3]
@@ -252,7 +258,7 @@ def _start_runs(eng: Engine, anchors: dict, specs, write: set):
 
 def propagate_from_prompt(predictor, volume, z: int, prompt: Prompt, window="auto", modality=None,
                           settings: Optional[PropagationSettings] = None, cancel=None,
-                          progress=None) -> PropagationResult:
+                          progress=None, spacing=None) -> PropagationResult:
     """One prompt on slice ``z``, propagated both ways (``samlab segment --propagate``).
 
     Parameters
@@ -263,7 +269,7 @@ def propagate_from_prompt(predictor, volume, z: int, prompt: Prompt, window="aut
         The prompted slice.
     prompt : Prompt
         Box and/or points on slice ``z`` (array indices).
-    window, modality, settings, cancel, progress
+    window, modality, settings, cancel, progress, spacing
         As for :func:`propagate_volume`.
 
     Returns
@@ -276,7 +282,7 @@ def propagate_from_prompt(predictor, volume, z: int, prompt: Prompt, window="aut
     >>> labels = res.mask.astype(np.uint8)                                             # doctest: +SKIP
     """
     return propagate_volume(predictor, volume, {int(z): prompt}, window=window, modality=modality,
-                            settings=settings, cancel=cancel, progress=progress)
+                            settings=settings, cancel=cancel, progress=progress, spacing=spacing)
 
 
 def repropagate(predictor, volume, result: PropagationResult, z: int, corrected_mask: np.ndarray, *,

@@ -30,6 +30,17 @@ def _contained(mask: np.ndarray, ref: np.ndarray, tol: int = 2, fraction: float 
     return float(np.logical_and(mask, grown).sum()) >= fraction * float(mask.sum())
 
 
+def _takes(fn, name: str) -> bool:
+    """Whether ``fn`` accepts keyword ``name`` (a plug-in family's step may predate it)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class RunState:
     """Mutable state of one run while it advances."""
 
@@ -75,6 +86,8 @@ class Engine:
         self._range = None
         self.track = bool(self.parts & set(OWN))
         self.anchor_stats = {}
+        self.slice_ratio = settings.slice_ratio()
+        self._step_takes_ratio = self.track and _takes(self.model.propagate_step, "slice_ratio")
 
     # -- helpers ------------------------------------------------------
     def write(self, z: int, mask: np.ndarray) -> np.ndarray:
@@ -229,7 +242,8 @@ class Engine:
             if prior is None or not prior.any():
                 return self.stop(run, "empty", z, 0.0)
             self.p.set_image(self.volume[z], window=self.win)
-            pred = self.model.propagate_step(self.p.embedding, prior, run.stats)
+            extra = {"slice_ratio": self.slice_ratio} if self._step_takes_ratio else {}
+            pred = self.model.propagate_step(self.p.embedding, prior, run.stats, **extra)
         else:
             prompt = self.next_prompt(run)
             if prompt is None:

@@ -86,6 +86,15 @@ class PropagationSettings:
         for engines that spread into neighbours slowly).
     flag_min_iou, flag_area_factor, flag_min_score, flag_intensity_change : float
         Looser thresholds that only flag a kept slice for review.
+    spacing : tuple of 3 floats, optional
+        Voxel size along (slice, row, column) of the volume as propagated, in
+        mm (``Image.spacing`` is (x, y, z): reverse it for a (Z, Y, X)
+        array).  On thick slices (slice spacing several times the pixel
+        size) an object moves and grows more from one slice to the next, so
+        the classic engine's step lets it move further (the generic IoU /
+        area rules stay as they are: loosened by the ratio, they let the
+        lung2 tumour run 4 slices past its end).  None: unknown, treated as
+        isotropic.
 
     Examples
     --------
@@ -111,6 +120,22 @@ class PropagationSettings:
     flag_area_factor: float = 1.6
     flag_min_score: float = 0.0
     flag_intensity_change: float = 0.1
+    spacing: Optional[tuple] = None
+
+    def slice_ratio(self) -> float:
+        """Slice spacing over the mean pixel size (1.0 when unknown).
+
+        Examples
+        --------
+        >>> PropagationSettings(spacing=(6.5, 0.78125, 0.78125)).slice_ratio()
+        8.32
+        """
+        if not self.spacing:
+            return 1.0
+        dz, dy, dx = (float(v) for v in self.spacing)
+        if not all(v > 0 and np.isfinite(v) for v in (dz, dy, dx)):
+            return 1.0
+        return dz / (0.5 * (dy + dx))
 
     def with_(self, **changes) -> "PropagationSettings":
         """A copy with some fields changed."""

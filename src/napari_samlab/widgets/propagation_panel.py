@@ -7,9 +7,8 @@
   every slice of the "samlab preview" layer (nothing is committed until the
   user commits);
 * a table lists the per-slice quality records (flagged rows highlighted); a row or Shift+F goes to the slice;
-* "Re-propagate from here" makes the displayed slice of the preview an
-  anchor (other slices changed since keep their edits; completed/locked
-  segments are passed as ``locked``);
+* "Re-propagate from here" makes the displayed slice of the preview an anchor (other slices changed
+  since keep their edits; completed/locked segments are passed as ``locked``);
 * "Fill between" (:func:`~napari_samlab.session.fill_gaps`) fills only the
   empty slices between annotated ones, never model output, in one undo step;
 * background prefetch (:class:`~napari_samlab.session.Prefetcher`) of the
@@ -58,6 +57,7 @@ class _Context:
     z: int  # displayed slice along the normal axis
     axes: tuple  # displayed axes of the plane (rows, columns)
     generation: int
+    spacing: tuple = None  # the layer's scale (mm) along ``order``: thick slices matter to propagation
 
     @property
     def axis(self) -> int:
@@ -214,14 +214,14 @@ class PropagationPanel(QGroupBox):
     # ==================================================================
     # settings
     # ==================================================================
-    def settings(self) -> PropagationSettings:
-        """The :class:`PropagationSettings` the panel's controls describe."""
+    def settings(self, ctx: Optional[_Context] = None) -> PropagationSettings:
+        """The :class:`PropagationSettings` the panel's controls describe (with ``ctx``, its image's spacing)."""
         zmin, zmax = self.z_from.value(), self.z_to.value()
         s = PropagationSettings(
             z_min=None if zmin < 0 else zmin, z_max=None if zmax < 0 else zmax,
             stop_slices=set(self.stop_slices()), max_empty=self.empty_spin.value(),
             stop_min_iou=self.iou_spin.value(), stop_area_factor=self.area_spin.value(),
-            stop_min_score=self.score_spin.value())
+            stop_min_score=self.score_spin.value(), spacing=None if ctx is None else ctx.spacing)
         return s.with_(**self._extra) if self._extra else s
 
     def set_settings(self, **changes) -> PropagationSettings:
@@ -308,7 +308,8 @@ class PropagationPanel(QGroupBox):
         (axis, z), = plane.index
         order = (int(axis), int(plane.axes[0]), int(plane.axes[1]))
         vol = np.asarray(layer_array(im)).transpose(order)
-        return _Context(im, order, vol, int(z), tuple(plane.axes), seg.session.generation)
+        spacing = tuple(float(v) for v in np.asarray(im.scale)[-3:][list(order)])  # the layer's scale, in mm
+        return _Context(im, order, vol, int(z), tuple(plane.axes), seg.session.generation, spacing)
 
     def _preview_view(self, ctx: _Context, create: bool = True) -> Optional[np.ndarray]:
         pv = self.seg.ensure_preview() if create else self.seg.preview_layer
@@ -349,7 +350,7 @@ class PropagationPanel(QGroupBox):
             raise SamlabError("nothing to propagate: prompt the object on one slice first (a box or a click on it)")
         seg.settle_preview()  # the propagation answers the prompted slices too
         job = self.state.propagate_job(seg.session.predictor, seg.session.lock, ctx.vol, anchors, window=seg.window,
-                                       settings=self.settings(), locked=self._locked(ctx), cancel=self._cancel,
+                                       settings=self.settings(ctx), locked=self._locked(ctx), cancel=self._cancel,
                                        progress=self._progress_cb)
         self._start(job, ctx, "propagating")
         return self._wait(wait, timeout, "propagation")
@@ -378,7 +379,7 @@ class PropagationPanel(QGroupBox):
             zz = ctx.z if z is None else int(z)
             seg = self.seg
             job = self.state.repropagate_job(seg.session.predictor, seg.session.lock, ctx.vol, self._preview_view(ctx),
-                                             zz, ctx.key, settings=self.settings(), locked=self._locked(ctx),
+                                             zz, ctx.key, settings=self.settings(ctx), locked=self._locked(ctx),
                                              cancel=self._cancel, progress=self._progress_cb)
             self._start(job, ctx, f"re-propagating from slice {zz}")
 

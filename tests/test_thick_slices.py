@@ -1,0 +1,70 @@
+"""Slice spacing reaches propagation (issue 11): thick slices let the classic step follow an object that moves."""
+import numpy as np
+import pytest
+
+from napari_samlab import SlicePredictor
+from napari_samlab.models.base import Prompt
+from napari_samlab.models.classic import ClassicModel
+from napari_samlab.propagate import PropagationSettings, dice, propagate_from_prompt
+
+
+def _drifting_disc(shift: int = 6, n: int = 7, r: int = 9):
+    """A bright disc that moves ``shift`` px per slice, as on thick slices of an oblique object."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :128]
+    vol = np.empty((n, 96, 128), np.float32)
+    truth = np.zeros(vol.shape, bool)
+    for z in range(n):
+        cx = 64 + (z - n // 2) * shift
+        truth[z] = (yy - 48) ** 2 + (xx - cx) ** 2 <= r * r
+        vol[z] = np.where(truth[z], 700.0, 300.0) + rng.normal(0, 15, truth[z].shape)
+    return vol, truth
+
+
+def _run(vol, truth, spacing):
+    z = vol.shape[0] // 2
+    ys, xs = np.nonzero(truth[z])
+    box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    return propagate_from_prompt(SlicePredictor(ClassicModel()), vol, z, Prompt(box=box), modality="MR",
+                                 spacing=spacing)
+
+
+def test_slice_ratio_reads_spacing():
+    assert PropagationSettings().slice_ratio() == 1.0
+    assert PropagationSettings(spacing=(5.0, 0.5, 0.5)).slice_ratio() == pytest.approx(10.0)
+    assert PropagationSettings(spacing=(0.0, 1.0, 1.0)).slice_ratio() == 1.0  # nonsense spacing: isotropic
+
+
+def test_thick_slices_follow_a_moving_object():
+    vol, truth = _drifting_disc()
+    thin = _run(vol, truth, None)
+    thick = _run(vol, truth, (8.0, 1.0, 1.0))
+    assert thick.settings.spacing == (8.0, 1.0, 1.0)
+    # told the slices are 8 px apart, the step reaches where the object went
+    assert dice(thick.mask, truth) > 0.85  # 0.90 measured; 0.71 without the spacing
+    assert dice(thick.mask, truth) > dice(thin.mask, truth) + 0.1
+
+
+def test_cli_passes_the_image_spacing(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from napari_samlab import cli
+    from napari_samlab import propagate
+
+    vol, truth = _drifting_disc()
+    img = sitk.GetImageFromArray(vol.astype(np.int16))
+    img.SetSpacing((0.5, 0.5, 4.0))
+    sitk.WriteImage(img, str(tmp_path / "v.nii.gz"))
+    seen = {}
+    real = propagate.propagate_from_prompt
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(propagate, "propagate_from_prompt", spy)
+    ys, xs = np.nonzero(truth[3])
+    rc = cli.main(["segment", str(tmp_path / "v.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--slice", "3",
+                   "--box", str(xs.min()), str(ys.min()), str(xs.max()), str(ys.max()), "--propagate"])
+    assert rc == 0
+    assert seen["spacing"] == pytest.approx((4.0, 0.5, 0.5))
