@@ -208,32 +208,39 @@ def reach_beyond(mask: np.ndarray, truth: np.ndarray) -> int:
     return int(max(zt[0] - zm[0], zm[-1] - zt[-1], 0))
 
 
-def run_suite(kinds, match=None, model=None):
+def run_suite(kinds, match=None, model=None, no_spacing=False):
     """The robustness table (markdown) for the classic engine; returns rows."""
     import robustness_cases as rc
     from napari_samlab.models.classic import ClassicModel
 
     model = model or ClassicModel()
     rows = []
-    print("| case | kind | slices | object z | 3D Dice | beyond (allowed) | flagged | time s | stops |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | kind | slices | object z | 3D Dice | 2D Dice (box) | beyond (allowed) | flagged | time s | stops |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in rc.all_cases(tuple(kinds)):
         if match and match not in c.name:
             continue
         z, prompt = middle_prompt(c.truth)
         t0 = time.perf_counter()
-        res = propagate_from_prompt(SlicePredictor(model), c.volume, z, prompt, modality=c.modality)
+        geometry = {} if no_spacing or c.spacing is None else {"spacing": c.spacing}
+        res = propagate_from_prompt(SlicePredictor(model), c.volume, z, prompt, modality=c.modality, **geometry)
         dt = time.perf_counter() - t0
         d3 = dice(res.mask, c.truth)
+        d2 = dice(res.mask[z], c.truth[z])
+        boxed = np.zeros_like(c.truth[z])
+        x0, y0, x1, y1 = prompt.box
+        boxed[y0:y1 + 1, x0:x1 + 1] = True
+        d2_box = dice(boxed, c.truth[z])
         zs = np.flatnonzero(c.truth.any((1, 2)))
         ext = int(zs[-1] - zs[0] + 1)
         beyond = reach_beyond(res.mask, c.truth)
         allowed = 2 + 0.1 * ext
         ok = "" if beyond <= allowed else " **over**"
         stops = ",".join(sorted({st.reason for st in res.stops}))
-        print(f"| {c.name} | {c.kind} | {c.volume.shape[0]} | {zs[0]}..{zs[-1]} | {d3:.3f} | {beyond} ({allowed:.1f}){ok} "
+        print(f"| {c.name} | {c.kind} | {c.volume.shape[0]} | {zs[0]}..{zs[-1]} | {d3:.3f} | {d2:.3f} ({d2_box:.3f}) "
+              f"| {beyond} ({allowed:.1f}){ok} "
               f"| {len(res.flagged_slices())} | {dt:.2f} | {stops} |", flush=True)
-        rows.append(dict(name=c.name, kind=c.kind, dice=d3, beyond=beyond, allowed=allowed, time=dt,
+        rows.append(dict(name=c.name, kind=c.kind, dice=d3, dice2d=d2, box2d=d2_box, beyond=beyond, allowed=allowed, time=dt,
                          slices=len(res.records)))
     clean = {r["name"]: r["dice"] for r in rows if r["kind"] == "real"}
     losses = []
@@ -246,6 +253,13 @@ def run_suite(kinds, match=None, model=None):
         ds = np.array([r["dice"] for r in rows])
         over = [r["name"] for r in rows if r["beyond"] > r["allowed"]]
         print(f"\nmean 3D Dice {ds.mean():.3f}, min {ds.min():.3f}; beyond the allowance: {over or 'none'}")
+        for kind in sorted({r["kind"] for r in rows}):
+            kr = [r for r in rows if r["kind"] == kind]
+            dk = np.array([r["dice"] for r in kr])
+            below = sum(r["dice2d"] < r["box2d"] + 0.03 for r in kr)
+            print(f"  {kind}: {len(kr)} cases, mean 3D Dice {dk.mean():.3f}, min {dk.min():.3f}, below 0.40: "
+                  f"{int((dk < 0.40).sum())}, beyond the allowance: {sum(r['beyond'] > r['allowed'] for r in kr)}, "
+                  f"2D below box + 0.03: {below}")
     if losses:
         worst = max(losses, key=lambda x: x[1])
         print(f"largest loss to a perturbation: {worst[0]} {worst[1]:+.3f} (allowed 0.10); "
@@ -262,12 +276,13 @@ def main(argv=None):
     ap.add_argument("--interp", action="store_true", help="measure slice interpolation methods")
     ap.add_argument("--no-classic", action="store_true")
     ap.add_argument("--suite", action="store_true", help="the robustness suite (robustness_cases.py)")
-    ap.add_argument("--kinds", default="real,perturbed,synthetic", help="suite: which kinds of case")
+    ap.add_argument("--kinds", default="real,perturbed,synthetic,public", help="suite: which kinds of case")
+    ap.add_argument("--no-spacing", action="store_true", help="suite: propagate as if every volume were isotropic")
     ap.add_argument("--match", default=None, help="suite: only cases whose name contains this")
     args = ap.parse_args(argv)
     if args.suite:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        run_suite([k.strip() for k in args.kinds.split(",") if k.strip()], args.match)
+        run_suite([k.strip() for k in args.kinds.split(",") if k.strip()], args.match, no_spacing=args.no_spacing)
         return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     cm = None if args.no_classic else classic_model()

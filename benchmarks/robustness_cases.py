@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+DATA = Path(__file__).resolve().parent / "data"  # evaluation-only volumes (benchmarks/data/README.md)
 
 
 @dataclass
@@ -40,12 +41,22 @@ class Case:
     volume: np.ndarray  # (Z, Y, X)
     truth: np.ndarray  # bool (Z, Y, X)
     modality: str  # "CT" or "MR"
+    spacing: tuple = None  # (slice, row, column) mm, as propagation takes it; None: isotropic
 
 
-def _read(name):
+def _read(name, folder=SAMPLES):
     import SimpleITK as sitk
 
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLES / name)))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name)))
+
+
+def _spacing(name, folder=SAMPLES):
+    import SimpleITK as sitk
+
+    r = sitk.ImageFileReader()
+    r.SetFileName(str(folder / name))
+    r.ReadImageInformation()
+    return tuple(float(v) for v in r.GetSpacing()[::-1])
 
 
 def _largest(mask, near=None):
@@ -70,10 +81,11 @@ def real_cases() -> list:
     brain = _read("mri_brain_colin27_brain_mask.nii.gz") > 0
     ct = _read("ct_chest_lung2.nrrd")
     tumour = _read("ct_chest_lung2_tumour.nrrd") == 1
-    cases = [Case("brain", "real", t1, brain, "MR"), Case("lung tumour", "real", ct, tumour, "CT")]
+    sp_mr, sp_ct = _spacing("mri_brain_colin27_t1.nii.gz"), _spacing("ct_chest_lung2.nrrd")
+    cases = [Case("brain", "real", t1, brain, "MR", sp_mr), Case("lung tumour", "real", ct, tumour, "CT", sp_ct)]
     # whole head: everything brighter than the air, holes filled per slice
     head = _fill2d(_largest(ndi.binary_opening(t1 > 20, iterations=2)))
-    cases.append(Case("head", "real", t1, head, "MR"))
+    cases.append(Case("head", "real", t1, head, "MR", sp_mr))
     # lateral ventricles: dark CSF well inside the brain, largest dark
     # component near the brain's centre (they are one connected system)
     inner = ndi.binary_erosion(brain, iterations=8)
@@ -85,13 +97,13 @@ def real_cases() -> list:
     # one lateral ventricle (one box names one object): the half beyond the midline
     vent[:, :, int(round(centre[2])):] = False
     vent = _largest(vent)
-    cases.append(Case("lateral ventricle", "real", t1, vent, "MR"))
+    cases.append(Case("lateral ventricle", "real", t1, vent, "MR", sp_mr))
     # right lung: air (< -400 HU) inside the body, the image's left half
     body = _fill2d(_largest(ct > -400))
     air = (ct < -400) & body
     air[:, :, ct.shape[2] // 2:] = False
     lung = _largest(ndi.binary_opening(air, iterations=2))
-    cases.append(Case("right lung", "real", ct, _fill2d(lung) & air | lung, "CT"))
+    cases.append(Case("right lung", "real", ct, _fill2d(lung) & air | lung, "CT", sp_ct))
     return cases
 
 
@@ -123,28 +135,31 @@ def perturbed(case: Case, which: str, seed: int = 0) -> Case:
         zs = np.flatnonzero(t.any((1, 2)))
         mid = (zs[0] + zs[-1]) // 2  # keep the prompted slice
         sel = np.arange(mid % k, v.shape[0], k)
-        return Case(name, "perturbed", v[sel], t[sel], case.modality)
+        sp = None if case.spacing is None else (case.spacing[0] * k,) + tuple(case.spacing[1:])
+        return Case(name, "perturbed", v[sel], t[sel], case.modality, sp)
     if which == "noise":
         lo, hi = np.percentile(v[t], [5, 95]) if t.any() else (0, 1)
         spread = float(np.percentile(v, 99) - np.percentile(v, 1))
         std = 0.06 * spread
         img, _ = _tio_apply(v, tio.RandomNoise(mean=0.0, std=(std, std)))
-        return Case(name, "perturbed", img, t, case.modality)
+        return Case(name, "perturbed", img, t, case.modality, case.spacing)
     if which == "bias":
         if case.modality == "CT":  # CT has no bias field: a beam-hardening-like ramp instead
             zz, yy, xx = np.indices(v.shape, dtype=np.float32)
             ramp = 60.0 * (xx / v.shape[2] - 0.5)
-            return Case(name, "perturbed", v + ramp.astype(v.dtype if v.dtype.kind == "f" else np.float32), t, case.modality)
+            return Case(name, "perturbed", v + ramp.astype(v.dtype if v.dtype.kind == "f" else np.float32), t, case.modality,
+                        case.spacing)
         img, _ = _tio_apply(v, tio.RandomBiasField(coefficients=0.5, order=3))  # TorchIO's default range
-        return Case(name, "perturbed", img, t, case.modality)
+        return Case(name, "perturbed", img, t, case.modality, case.spacing)
     if which == "invert":
         vf = v.astype(np.float32)
         fg = vf > 0
         inv = np.where(fg, vf.max() - vf + 1, 0)  # background stays 0 (as in MRI)
-        return Case(name, "perturbed", inv, t, case.modality)
+        return Case(name, "perturbed", inv, t, case.modality, case.spacing)
     if which == "lowres":
         img, lab = _tio_apply(v, tio.Resample((1.0, 2.0, 2.0), image_interpolation="linear"), t)
-        return Case(name, "perturbed", img, lab, case.modality)
+        sp = None if case.spacing is None else (case.spacing[0], 2 * case.spacing[1], 2 * case.spacing[2])
+        return Case(name, "perturbed", img, lab, case.modality, sp)
     raise ValueError(which)
 
 
@@ -227,7 +242,7 @@ def synthetic_cases() -> list:
     cases.append(Case("syn hippocampus-like (small)", "synthetic", _to_mr(noisy(ndi.gaussian_filter(img, 0.8), 0.02)), t, "MR"))
     # the thalamus-like object on 3 mm slices (every 3rd slice)
     c = cases[-3]
-    cases.append(Case("syn thalamus-like, thick", "synthetic", c.volume[::3], c.truth[::3], "MR"))
+    cases.append(Case("syn thalamus-like, thick", "synthetic", c.volume[::3], c.truth[::3], "MR", (3.0, 1.0, 1.0)))
     return cases
 
 
@@ -244,11 +259,49 @@ def perturbed_cases(real: list) -> list:
     return out
 
 
-def all_cases(kinds=("real", "perturbed", "synthetic")) -> list:
+# -- public volumes that are not in sample_data -----------------------------
+#: AAL labels (Tzourio-Mazoyer et al. 2002, drawn on this Colin27 brain) of
+#: deep grey structures whose borders are soft on T1
+AAL_DEEP = {37: "hippocampus L", 38: "hippocampus R", 41: "amygdala L", 42: "amygdala R",
+            71: "caudate L", 72: "caudate R", 73: "putamen L", 74: "putamen R",
+            75: "pallidum L", 76: "pallidum R", 77: "thalamus L", 78: "thalamus R"}
+
+
+def public_cases() -> list:
+    """Objects from public volumes of kinds sample_data/ lacks (``benchmarks/data/``).
+
+    Brain tumours on 6.5 mm MRI (two), a lung tumour on 5 mm CT and a
+    breast MRI lesion, each on 3-7 slices (pyradiomics' test data); a
+    skull-stripped macaque brain from another scanner (INIA19); twelve deep
+    grey structures of the AAL atlas on the Colin27 T1.  See
+    ``benchmarks/data/README.md`` for sources and licences.
+    """
+    cases = []
+    for name, stem, mod in (("brain tumour 1 (6.5 mm MRI)", "brain1", "MR"),
+                            ("brain tumour 2 (6.5 mm MRI)", "brain2", "MR"),
+                            ("lung tumour 1 (5 mm CT)", "lung1", "CT"),
+                            ("breast lesion (MRI)", "breast1", "MR")):
+        img = _read(f"{stem}_image.nrrd", DATA)
+        cases.append(Case(name, "public", img, _read(f"{stem}_label.nrrd", DATA) == 1, mod,
+                          _spacing(f"{stem}_image.nrrd", DATA)))
+    inia = _read("inia19_t1_brain.nii.gz", DATA)
+    cases.append(Case("macaque brain, skull-stripped (INIA19)", "public", inia, inia > 0, "MR",
+                      _spacing("inia19_t1_brain.nii.gz", DATA)))
+    t1 = _read("mri_brain_colin27_t1.nii.gz")
+    aal = _read("colin27_aal.nii.gz", DATA)
+    sp = _spacing("mri_brain_colin27_t1.nii.gz")
+    for value, name in AAL_DEEP.items():
+        cases.append(Case(f"{name} (AAL on Colin27)", "public", t1, aal == value, "MR", sp))
+    return cases
+
+
+def all_cases(kinds=("real", "perturbed", "synthetic", "public")) -> list:
     real = real_cases() if {"real", "perturbed"} & set(kinds) else []
     cases = [c for c in real if "real" in kinds]
     if "perturbed" in kinds:
         cases += perturbed_cases(real)
     if "synthetic" in kinds:
         cases += synthetic_cases()
+    if "public" in kinds:
+        cases += public_cases()
     return cases
