@@ -22,7 +22,18 @@ two models that it learns from the object itself:
   6.5 mm slices an object changes much more than on 1 mm slices, whatever
   the header says.
 
-A new slice's mask is ``L + prior > 0``, smoothed, opened (cuts bridges),
+**Slice spacing.**  Propagation passes ``slice_ratio`` (slice spacing over
+pixel size, ``PropagationSettings.spacing``): on thick slices the reach and
+``tau`` grow to the distance an outline sloping at 45 degrees moves in one
+step (``track_thick`` x (ratio - 1) pixels, at most half the object's radius
+beyond the thin-slice reach).
+
+**Calibrated level.**  Each slice's stats keep the likelihood-ratio level at
+which that slice's own mask is reproduced (``_calibrate``); the next step
+thresholds ``track_calibrate`` (0.5) of the way to it instead of at 0, so a
+partial-volume rim the object owns is not shaved off on every slice.
+
+A new slice's mask is ``L - level + prior > 0``, smoothed, opened (cuts bridges),
 kept where it overlaps the previous mask, closed and hole-filled; parts
 that run on to the reach limit are leaks and are cut.
 
