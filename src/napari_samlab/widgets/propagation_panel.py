@@ -9,8 +9,8 @@
 * a table lists the per-slice quality records (flagged rows highlighted); a row or Shift+F goes to the slice;
 * "Re-propagate from here" makes the displayed slice of the preview an anchor (other slices changed
   since keep their edits; completed/locked segments are passed as ``locked``);
-* "Fill between" (:func:`~napari_samlab.session.fill_gaps`) fills only the
-  empty slices between annotated ones, never model output, in one undo step;
+* "Fill between" (:func:`~napari_samlab.session.fill_gaps`) fills only the empty slices between annotated ones,
+  never model output, in one undo step;
 * background prefetch (:class:`~napari_samlab.session.Prefetcher`) of the
   displayed slice and its neighbours, or of the slices next in a
   propagation's schedule; any user action cancels it mid-encode.
