@@ -3,9 +3,8 @@
 * the prompts of the *displayed* plane's orientation become anchors, the
   image is viewed with the plane's normal axis first (axial by default), and
   :class:`~napari_samlab.session.PropagationState` runs propagation in
-  napari's ``thread_worker`` with progress and Cancel; its mask goes into
-  every slice of the "samlab preview" layer (nothing is committed until the
-  user commits);
+  napari's ``thread_worker`` with progress and Cancel; its mask goes into every slice of the
+  "samlab preview" layer (nothing is committed until the user commits);
 * a table lists the per-slice quality records (flagged rows highlighted); a row or Shift+F goes to the slice;
 * "Re-propagate from here" makes the displayed slice of the preview an anchor (other slices changed
   since keep their edits; completed/locked segments are passed as ``locked``);
