@@ -345,6 +345,8 @@ def test_propagate_on_coronal_plane(make_napari_viewer, qtbot, crop):
     seg.set_box(*box)
     res = seg.propagate(wait=True, z_min=45, z_max=85)
     assert res.mask.shape == (130, 61, 140)
+    # the layer's scale, in the propagation's axis order, reaches the core (thick slices matter there)
+    assert res.settings.spacing == pytest.approx(tuple(np.asarray(img.scale)[[1, 0, 2]]))
     ref = propagate_volume(SlicePredictor(ClassicModel()), vol.transpose(1, 0, 2), {y: Prompt(box=box)},
                            window=seg.window, settings=PropagationSettings(z_min=45, z_max=85))
     assert np.array_equal(res.mask, ref.mask) and res.mask[y].any()
