@@ -47,13 +47,18 @@ that run on to the reach limit are leaks and are cut.
 * *vanished*: less than ``track_min_fraction`` of the previous area is left;
 * *no edge of its own*: more than ``track_open`` of a band just outside the
   new mask is object-like (and clearly more than around the object on the
-  prompted slice): it has become part of a larger structure.
+  prompted slice): it has become part of a larger structure.  Not on thick
+  slices (``slice_ratio`` > 1) while the contrast between the inside and
+  that band (mean ``L`` inside minus mean ``L`` in the band) keeps
+  ``track_edge`` (1/3) of the prompted object's: there the band is a
+  partial-volume ramp of the object's own sloping edge (kept, flagged
+  ``track_weak``); a merged object has no contrast left.
 
 **Unsure slices** are kept but flagged (``extra["flags"]``, which
 propagation copies to the slice's record): ``"track_jump"`` (area changed
 by more than ``track_flag_area`` x), ``"track_overlap"`` (IoU with the
 previous mask below 0.5), ``"track_weak"`` (evidence below twice the stop
-level), ``"track_leak"`` (a leak was cut).
+level, or a thick slice's blurred edge), ``"track_leak"`` (a leak was cut).
 
 How every parameter was chosen is in ``docs/classic_engine.md`` (measured
 with ``benchmarks/eval_propagation.py --suite`` on real, perturbed and
@@ -181,10 +186,11 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
     L = log_ratio(g, fg, bg)
     evidence = float(L[m].mean())
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    edge = evidence - float(L[band].mean()) if band.any() else evidence
     bias = _calibrate(L, m, ring)
     st = _threshold_stats(g, inner, ring)
     if prev is None or prev.get("anchor") is None:
-        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area)
+        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area, edge=edge)
     change, prev_area, steps = 0.0, area, 0
     if prev is not None:
         prev_area, steps = int(prev.get("area", area)), int(prev.get("steps", 0)) + 1
@@ -287,12 +293,22 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     d_new = dist_outside(mask)
     band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
-    info.update(evidence=evidence, open=open_frac)
+    edge = evidence - float(L[band].mean()) if band.any() else evidence
+    info.update(evidence=evidence, open=open_frac, edge=edge)
     ref = max(anchor["evidence"], 0.25)
     if evidence < params["track_evidence"] * ref:
         return None, dict(info, ended="evidence collapsed")
     if open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25:
-        return None, dict(info, ended="no edge of its own")
+        # a thick slice averages the object with what lies above and below
+        # its outline: the edge is a partial-volume ramp and the band just
+        # outside looks object-like although the object is not merged.  It
+        # has an edge of its own while the contrast between inside and band
+        # keeps ``track_edge`` of the prompted object's; a merged object has
+        # none left (about 0)
+        blurred = thick > 0 and edge >= params["track_edge"] * max(anchor.get("edge", 0.0), 0.25)
+        if not blurred:
+            return None, dict(info, ended="no edge of its own")
+        flags.add("track_weak")  # kept, but unsure: the user should look
     inter = int((mask & p).sum())
     iou = inter / max(int((mask | p).sum()), 1)
     info["change"] = 1.0 - iou
