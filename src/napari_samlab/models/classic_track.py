@@ -220,6 +220,46 @@ def _calibrate(L: np.ndarray, m: np.ndarray, ring: np.ndarray, smooth: float = 0
     return float(np.clip(level, -1.0, 1.0))
 
 
+def _contrast(L: np.ndarray, mask: np.ndarray) -> float:
+    """Mean ``L`` inside ``mask`` minus mean ``L`` in a band 2-4 px outside it."""
+    if not mask.any():
+        return -np.inf
+    d = dist_outside(mask)
+    band = grow(mask, 4, d) & ~grow(mask, 1, d)
+    return float(L[mask].mean()) - (float(L[band].mean()) if band.any() else 0.0)
+
+
+def _cut(post, p, dist, r_reach, side):
+    """The new mask where ``post`` > 0 (module docstring): opened, the parts
+    overlapping the previous mask ``p``, leaks to the reach limit cut, closed
+    and hole-filled.  Returns ``(mask, leaked)``."""
+    r_grow = max(2, int(round(0.5 * r_reach)))
+    z_reach = dist <= r_reach
+    obj = (post > 0) & z_reach
+    r_open = int(np.clip(round(0.03 * side), 1, 4))
+    o = grow(shrink(obj, r_open), r_open)
+    o = o if (o & p).any() else obj
+    mask = keep_overlapping(o, p, 0.15)
+    mask = obj & grow(mask, r_open)
+    leaked = False
+    # leaks: parts beyond the growth zone that run on to the reach limit
+    out = mask & (dist > r_grow)
+    if out.any():
+        lab, n = ndi.label(out)
+        at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
+        at_limit = at_limit[at_limit > 0]
+        if at_limit.size:
+            mask &= ~np.isin(lab, at_limit)
+            mask = keep_overlapping(mask, p, 0.15)
+            leaked = True
+    r_close = int(np.clip(round(0.03 * side), 1, 8))
+    if mask.any():
+        pad = r_close + 1
+        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
+        mask = closed[pad:-pad, pad:-pad] & z_reach
+    return ndi.binary_fill_holes(mask), leaked
+
+
 def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice_ratio: float = 1.0):
     """The object of the previous mask ``P`` on this slice (module docstring).
 
@@ -243,7 +283,6 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     if thick > 0:
         r_reach = max(r_reach, int(round(min(thick, r_reach + 0.5 * rad))))
         tau = max(tau, min(0.5 * thick, tau + 0.25 * rad))
-    r_grow = max(2, int(round(0.5 * r_reach)))
     (r0, r1, c0, c1), p = crop_box(P, r_reach + 6)
     f = embedding["feature"][r0:r1, c0:c1]
     g = project_with(f, st.get("w"), st.get("lo"), st.get("hi"))
@@ -253,37 +292,14 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     Lc = L - params["track_calibrate"] * st.get("bias", 0.0)
     sdf = dist_inside(p) - dist_outside(p)
     dist = np.maximum(-sdf, 0.0)
-    z_reach = dist <= r_reach
+    side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
     # inside, strong evidence may overrule the outline (the object shrinks
     # or ends); outside, growth beyond ~tau needs more than any evidence can
     # give (``track_prior_out`` > the likelihood cap): a touching neighbour of
     # the same intensity is not followed faster than the object's own change
     prior = np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], params["track_prior_out"])
-    post = Lc + prior
-    obj = (post > 0) & z_reach
-    side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
-    r_open = int(np.clip(round(0.03 * side), 1, 4))
-    o = grow(shrink(obj, r_open), r_open)
-    o = o if (o & p).any() else obj
-    mask = keep_overlapping(o, p, 0.15)
-    mask = obj & grow(mask, r_open)
-    flags = set()
-    # leaks: parts beyond the growth zone that run on to the reach limit
-    out = mask & (dist > r_grow)
-    if out.any():
-        lab, n = ndi.label(out)
-        at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
-        at_limit = at_limit[at_limit > 0]
-        if at_limit.size:
-            mask &= ~np.isin(lab, at_limit)
-            mask = keep_overlapping(mask, p, 0.15)
-            flags.add("track_leak")
-    r_close = int(np.clip(round(0.03 * side), 1, 8))
-    if mask.any():
-        pad = r_close + 1
-        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
-        mask = closed[pad:-pad, pad:-pad] & z_reach
-    mask = ndi.binary_fill_holes(mask)
+    mask, leaked = _cut(Lc + prior, p, dist, r_reach, side)
+    flags = {"track_leak"} if leaked else set()
     area = int(mask.sum())
     info = dict(area=area, flags=flags)
     if area < max(4, params["track_min_fraction"] * area0):
@@ -293,7 +309,7 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     d_new = dist_outside(mask)
     band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
-    edge = evidence - float(L[band].mean()) if band.any() else evidence
+    edge = _contrast(L, mask)
     info.update(evidence=evidence, open=open_frac, edge=edge)
     ref = max(anchor["evidence"], 0.25)
     if evidence < params["track_evidence"] * ref:
@@ -309,6 +325,24 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
         if not blurred:
             return None, dict(info, ended="no edge of its own")
         flags.add("track_weak")  # kept, but unsure: the user should look
+    if thick > 0:
+        # thick slices: the previous outline is a weak prior.  An outline
+        # moves ~``slice_ratio`` times farther per step than on 1 px slices,
+        # so growth costs 1 / ``slice_ratio`` of the thin-slice prior and the
+        # appearance decides within the reach.  That outline is kept only
+        # where the object stands out more from its surroundings than at the
+        # tight one (inside-minus-band contrast): the object's edge, not a
+        # leak into tissue that looks alike.  The stop rules above judged
+        # the tight outline: growth never keeps an ended object alive.
+        w_out = params["track_prior_out"] / float(slice_ratio)
+        loose, leaked = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], w_out), p, dist,
+                             r_reach, side)
+        if loose.sum() > area and _contrast(L, loose) > edge:
+            mask, area = loose, int(loose.sum())
+            flags.discard("track_leak")
+            if leaked:
+                flags.add("track_leak")
+            info["area"] = area
     inter = int((mask & p).sum())
     iou = inter / max(int((mask | p).sum()), 1)
     info["change"] = 1.0 - iou
