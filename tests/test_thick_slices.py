@@ -102,15 +102,17 @@ def test_thick_slice_blurred_edge_is_not_a_merge():
     assert not res.mask[1].any() and not res.mask[3].any()
 
 
-def test_thick_slices_let_an_object_grow():
-    # radius 10 on the prompted slice, 15 on its neighbours: on 8 px slices
-    # the previous outline is a weak prior and the object's own edge is found
+@pytest.mark.parametrize("radii, measured", [((15, 10, 15), "0.989; 0.937"), ((6, 12, 6), "0.968; 0.949")])
+def test_thick_slices_let_an_object_grow_or_shrink(radii, measured):
+    # much larger / smaller on the neighbour slices: on 8 px slices the
+    # previous outline is a weak prior and the object's own edge is found
+    # (``measured``: 3D Dice, then with the thin-slice prior; neighbour areas
+    # were 12 % short / 14 % over)
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:128, :128]
-    radii = (15, 10, 15)
     truth = np.stack([(yy - 64) ** 2 + (xx - 64) ** 2 <= r * r for r in radii])
     vol = np.where(truth, 700.0, 300.0).astype(np.float32) + rng.normal(0, 15, truth.shape).astype(np.float32)
     res = _run(vol, truth, (8.0, 1.0, 1.0))
-    assert dice(res.mask, truth) > 0.97  # 0.989 measured; 0.937 with the thin-slice prior
+    assert dice(res.mask, truth) > 0.96
     for z in (0, 2):
         assert abs(int(res.mask[z].sum()) - int(truth[z].sum())) < 0.05 * truth[z].sum()

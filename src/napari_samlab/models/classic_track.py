@@ -279,7 +279,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     # one slice step is ``slice_ratio`` pixels: an outline sloping at up to
     # 45 degrees moves that far; a thick-slice step may reach it (up to
     # half the object's radius beyond the thin-slice reach)
-    thick = max(0.0, float(slice_ratio) - 1.0) * params["track_thick"]
+    slice_ratio = float(slice_ratio)
+    thick = max(0.0, slice_ratio - 1.0) * params["track_thick"]
     if thick > 0:
         r_reach = max(r_reach, int(round(min(thick, r_reach + 0.5 * rad))))
         tau = max(tau, min(0.5 * thick, tau + 0.25 * rad))
@@ -327,17 +328,17 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
         flags.add("track_weak")  # kept, but unsure: the user should look
     if thick > 0:
         # thick slices: the previous outline is a weak prior.  An outline
-        # moves ~``slice_ratio`` times farther per step than on 1 px slices,
-        # so growth costs 1 / ``slice_ratio`` of the thin-slice prior and the
+        # moves ~``slice_ratio`` times farther per step than on 1 px slices
+        # and the object may be much larger or smaller on the next slice, so
+        # the prior weighs 1 / ``slice_ratio`` of the thin-slice one and the
         # appearance decides within the reach.  That outline is kept only
         # where the object stands out more from its surroundings than at the
         # tight one (inside-minus-band contrast): the object's edge, not a
-        # leak into tissue that looks alike.  The stop rules above judged
-        # the tight outline: growth never keeps an ended object alive.
-        w_out = params["track_prior_out"] / float(slice_ratio)
-        loose, leaked = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], w_out), p, dist,
-                             r_reach, side)
-        if loose.sum() > area and _contrast(L, loose) > edge:
+        # leak into tissue that looks alike nor a bright core.  The stop
+        # rules above judged the tight outline: never keeps an ended object.
+        w_in, w_out = params["track_prior"] / slice_ratio, params["track_prior_out"] / slice_ratio
+        loose, leaked = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, w_in, w_out), p, dist, r_reach, side)
+        if loose.sum() >= 4 and _contrast(L, loose) > edge:
             mask, area = loose, int(loose.sum())
             flags.discard("track_leak")
             if leaked:
