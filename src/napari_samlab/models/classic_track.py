@@ -26,7 +26,11 @@ two models that it learns from the object itself:
 pixel size, ``PropagationSettings.spacing``): on thick slices the reach and
 ``tau`` grow to the distance an outline sloping at 45 degrees moves in one
 step (``track_thick`` x (ratio - 1) pixels, at most half the object's radius
-beyond the thin-slice reach).
+beyond the thin-slice reach).  There the previous outline is a weak prior:
+a second outline with the prior weighed 1 / ratio (the appearance decides
+within the reach, the object may be much larger or smaller) replaces the
+tight one when the object stands out more from its band there (mean ``L``
+inside minus mean ``L`` 2-4 px outside); the stop rules judge the tight one.
 
 **Calibrated level.**  Each slice's stats keep the likelihood-ratio level at
 which that slice's own mask is reproduced (``_calibrate``); the next step
