@@ -341,12 +341,11 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
         # leak into tissue that looks alike nor a bright core.  The stop
         # rules above judged the tight outline: never keeps an ended object.
         w_in, w_out = params["track_prior"] / slice_ratio, params["track_prior_out"] / slice_ratio
-        loose, leaked = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, w_in, w_out), p, dist, r_reach, side)
+        # (a leak cut from this outline is not flagged: the weak prior runs
+        # to the reach limit by design, and the tight outline had no leak)
+        loose, _ = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, w_in, w_out), p, dist, r_reach, side)
         if loose.sum() >= 4 and _contrast(L, loose) > edge:
             mask, area = loose, int(loose.sum())
-            flags.discard("track_leak")
-            if leaked:
-                flags.add("track_leak")
             info["area"] = area
     inter = int((mask & p).sum())
     iou = inter / max(int((mask | p).sum()), 1)
