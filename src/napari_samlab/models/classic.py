@@ -135,7 +135,9 @@ class ClassicModel(SegmentationModel):
     track_open : float
         The object has ended when more than this fraction of a band 2-4 px
         outside the new mask is object-like (and 0.25 more than around the
-        prompted object): no edge of its own.
+        prompted object): no edge of its own.  On thick slices (``slice_ratio``
+        > 1) not while the inside-minus-band contrast keeps ``track_edge``
+        of the prompted object's (a partial-volume edge, flagged).
     track_min_fraction : float
         The object has ended when less than this fraction of the previous
         area is left.
@@ -172,7 +174,7 @@ class ClassicModel(SegmentationModel):
                  track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
                  track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
-                 track_thick: float = 1.0, track_calibrate: float = 0.5):
+                 track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
@@ -186,7 +188,7 @@ class ClassicModel(SegmentationModel):
             track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
-            track_thick=float(track_thick), track_calibrate=float(track_calibrate),
+            track_thick=float(track_thick), track_calibrate=float(track_calibrate), track_edge=float(track_edge),
         )
         for k, v in self.params.items():
             setattr(self, k, v)

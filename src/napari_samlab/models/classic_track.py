@@ -26,7 +26,11 @@ two models that it learns from the object itself:
 pixel size, ``PropagationSettings.spacing``): on thick slices the reach and
 ``tau`` grow to the distance an outline sloping at 45 degrees moves in one
 step (``track_thick`` x (ratio - 1) pixels, at most half the object's radius
-beyond the thin-slice reach).
+beyond the thin-slice reach).  There the previous outline is a weak prior:
+a second outline with the prior weighed 1 / ratio (the appearance decides
+within the reach, the object may be much larger or smaller) replaces the
+tight one when the object stands out more from its band there (mean ``L``
+inside minus mean ``L`` 2-4 px outside); the stop rules judge the tight one.
 
 **Calibrated level.**  Each slice's stats keep the likelihood-ratio level at
 which that slice's own mask is reproduced (``_calibrate``); the next step
@@ -47,13 +51,18 @@ that run on to the reach limit are leaks and are cut.
 * *vanished*: less than ``track_min_fraction`` of the previous area is left;
 * *no edge of its own*: more than ``track_open`` of a band just outside the
   new mask is object-like (and clearly more than around the object on the
-  prompted slice): it has become part of a larger structure.
+  prompted slice): it has become part of a larger structure.  Not on thick
+  slices (``slice_ratio`` > 1) while the contrast between the inside and
+  that band (mean ``L`` inside minus mean ``L`` in the band) keeps
+  ``track_edge`` (1/3) of the prompted object's: there the band is a
+  partial-volume ramp of the object's own sloping edge (kept, flagged
+  ``track_weak``); a merged object has no contrast left.
 
 **Unsure slices** are kept but flagged (``extra["flags"]``, which
 propagation copies to the slice's record): ``"track_jump"`` (area changed
 by more than ``track_flag_area`` x), ``"track_overlap"`` (IoU with the
 previous mask below 0.5), ``"track_weak"`` (evidence below twice the stop
-level), ``"track_leak"`` (a leak was cut).
+level, or a thick slice's blurred edge), ``"track_leak"`` (a leak was cut).
 
 How every parameter was chosen is in ``docs/classic_engine.md`` (measured
 with ``benchmarks/eval_propagation.py --suite`` on real, perturbed and
@@ -181,10 +190,11 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
     L = log_ratio(g, fg, bg)
     evidence = float(L[m].mean())
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    edge = evidence - float(L[band].mean()) if band.any() else evidence
     bias = _calibrate(L, m, ring)
     st = _threshold_stats(g, inner, ring)
     if prev is None or prev.get("anchor") is None:
-        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area)
+        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area, edge=edge)
     change, prev_area, steps = 0.0, area, 0
     if prev is not None:
         prev_area, steps = int(prev.get("area", area)), int(prev.get("steps", 0)) + 1
@@ -214,6 +224,46 @@ def _calibrate(L: np.ndarray, m: np.ndarray, ring: np.ndarray, smooth: float = 0
     return float(np.clip(level, -1.0, 1.0))
 
 
+def _contrast(L: np.ndarray, mask: np.ndarray) -> float:
+    """Mean ``L`` inside ``mask`` minus mean ``L`` in a band 2-4 px outside it."""
+    if not mask.any():
+        return -np.inf
+    d = dist_outside(mask)
+    band = grow(mask, 4, d) & ~grow(mask, 1, d)
+    return float(L[mask].mean()) - (float(L[band].mean()) if band.any() else 0.0)
+
+
+def _cut(post, p, dist, r_reach, side):
+    """The new mask where ``post`` > 0 (module docstring): opened, the parts
+    overlapping the previous mask ``p``, leaks to the reach limit cut, closed
+    and hole-filled.  Returns ``(mask, leaked)``."""
+    r_grow = max(2, int(round(0.5 * r_reach)))
+    z_reach = dist <= r_reach
+    obj = (post > 0) & z_reach
+    r_open = int(np.clip(round(0.03 * side), 1, 4))
+    o = grow(shrink(obj, r_open), r_open)
+    o = o if (o & p).any() else obj
+    mask = keep_overlapping(o, p, 0.15)
+    mask = obj & grow(mask, r_open)
+    leaked = False
+    # leaks: parts beyond the growth zone that run on to the reach limit
+    out = mask & (dist > r_grow)
+    if out.any():
+        lab, n = ndi.label(out)
+        at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
+        at_limit = at_limit[at_limit > 0]
+        if at_limit.size:
+            mask &= ~np.isin(lab, at_limit)
+            mask = keep_overlapping(mask, p, 0.15)
+            leaked = True
+    r_close = int(np.clip(round(0.03 * side), 1, 8))
+    if mask.any():
+        pad = r_close + 1
+        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
+        mask = closed[pad:-pad, pad:-pad] & z_reach
+    return ndi.binary_fill_holes(mask), leaked
+
+
 def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice_ratio: float = 1.0):
     """The object of the previous mask ``P`` on this slice (module docstring).
 
@@ -233,11 +283,11 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     # one slice step is ``slice_ratio`` pixels: an outline sloping at up to
     # 45 degrees moves that far; a thick-slice step may reach it (up to
     # half the object's radius beyond the thin-slice reach)
-    thick = max(0.0, float(slice_ratio) - 1.0) * params["track_thick"]
+    slice_ratio = float(slice_ratio)
+    thick = max(0.0, slice_ratio - 1.0) * params["track_thick"]
     if thick > 0:
         r_reach = max(r_reach, int(round(min(thick, r_reach + 0.5 * rad))))
         tau = max(tau, min(0.5 * thick, tau + 0.25 * rad))
-    r_grow = max(2, int(round(0.5 * r_reach)))
     (r0, r1, c0, c1), p = crop_box(P, r_reach + 6)
     f = embedding["feature"][r0:r1, c0:c1]
     g = project_with(f, st.get("w"), st.get("lo"), st.get("hi"))
@@ -247,37 +297,14 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     Lc = L - params["track_calibrate"] * st.get("bias", 0.0)
     sdf = dist_inside(p) - dist_outside(p)
     dist = np.maximum(-sdf, 0.0)
-    z_reach = dist <= r_reach
+    side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
     # inside, strong evidence may overrule the outline (the object shrinks
     # or ends); outside, growth beyond ~tau needs more than any evidence can
     # give (``track_prior_out`` > the likelihood cap): a touching neighbour of
     # the same intensity is not followed faster than the object's own change
     prior = np.tanh(sdf / tau) * np.where(sdf > 0, params["track_prior"], params["track_prior_out"])
-    post = Lc + prior
-    obj = (post > 0) & z_reach
-    side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
-    r_open = int(np.clip(round(0.03 * side), 1, 4))
-    o = grow(shrink(obj, r_open), r_open)
-    o = o if (o & p).any() else obj
-    mask = keep_overlapping(o, p, 0.15)
-    mask = obj & grow(mask, r_open)
-    flags = set()
-    # leaks: parts beyond the growth zone that run on to the reach limit
-    out = mask & (dist > r_grow)
-    if out.any():
-        lab, n = ndi.label(out)
-        at_limit = np.unique(lab[out & (dist > r_reach - 1.5)])
-        at_limit = at_limit[at_limit > 0]
-        if at_limit.size:
-            mask &= ~np.isin(lab, at_limit)
-            mask = keep_overlapping(mask, p, 0.15)
-            flags.add("track_leak")
-    r_close = int(np.clip(round(0.03 * side), 1, 8))
-    if mask.any():
-        pad = r_close + 1
-        closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
-        mask = closed[pad:-pad, pad:-pad] & z_reach
-    mask = ndi.binary_fill_holes(mask)
+    mask, leaked = _cut(Lc + prior, p, dist, r_reach, side)
+    flags = {"track_leak"} if leaked else set()
     area = int(mask.sum())
     info = dict(area=area, flags=flags)
     if area < max(4, params["track_min_fraction"] * area0):
@@ -287,12 +314,39 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     d_new = dist_outside(mask)
     band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
-    info.update(evidence=evidence, open=open_frac)
+    edge = _contrast(L, mask)
+    info.update(evidence=evidence, open=open_frac, edge=edge)
     ref = max(anchor["evidence"], 0.25)
     if evidence < params["track_evidence"] * ref:
         return None, dict(info, ended="evidence collapsed")
     if open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25:
-        return None, dict(info, ended="no edge of its own")
+        # a thick slice averages the object with what lies above and below
+        # its outline: the edge is a partial-volume ramp and the band just
+        # outside looks object-like although the object is not merged.  It
+        # has an edge of its own while the contrast between inside and band
+        # keeps ``track_edge`` of the prompted object's; a merged object has
+        # none left (about 0)
+        blurred = thick > 0 and edge >= params["track_edge"] * max(anchor.get("edge", 0.0), 0.25)
+        if not blurred:
+            return None, dict(info, ended="no edge of its own")
+        flags.add("track_weak")  # kept, but unsure: the user should look
+    if thick > 0:
+        # thick slices: the previous outline is a weak prior.  An outline
+        # moves ~``slice_ratio`` times farther per step than on 1 px slices
+        # and the object may be much larger or smaller on the next slice, so
+        # the prior weighs 1 / ``slice_ratio`` of the thin-slice one and the
+        # appearance decides within the reach.  That outline is kept only
+        # where the object stands out more from its surroundings than at the
+        # tight one (inside-minus-band contrast): the object's edge, not a
+        # leak into tissue that looks alike nor a bright core.  The stop
+        # rules above judged the tight outline: never keeps an ended object.
+        w_in, w_out = params["track_prior"] / slice_ratio, params["track_prior_out"] / slice_ratio
+        # (a leak cut from this outline is not flagged: the weak prior runs
+        # to the reach limit by design, and the tight outline had no leak)
+        loose, _ = _cut(Lc + np.tanh(sdf / tau) * np.where(sdf > 0, w_in, w_out), p, dist, r_reach, side)
+        if loose.sum() >= 4 and _contrast(L, loose) > edge:
+            mask, area = loose, int(loose.sum())
+            info["area"] = area
     inter = int((mask & p).sum())
     iou = inter / max(int((mask | p).sum()), 1)
     info["change"] = 1.0 - iou
