@@ -143,7 +143,7 @@ def test_propagate_writes_an_aligned_3d_label(tmp_path, samples):
     for z in [int(v) for v in flagged.replace(",", " ").split()]:
         line = [ln for ln in res.stderr.splitlines() if ln.strip().startswith(f"slice {z}:")]
         assert len(line) == 1 and len(line[0]) < 240, res.stderr
-        assert any(w in line[0] for w in ("stopped", "area", "overlap", "score", "intensity", "end of the volume")), line
+        assert any(w in line[0] for w in ("stopped", "area", "overlap", "score", "intensity", "end of the volume", "evidence")), line
     if flagged:
         assert "Next flagged" in res.stderr
 
