@@ -98,7 +98,8 @@ def test_propagate_ct_review_and_commit_all_slices(make_napari_viewer, qtbot, ct
 
     # exactly what the core gives for the same prompt, window and settings
     ref = propagate_volume(SlicePredictor(ClassicModel()), np.asarray(ct.data), {Z0: Prompt(box=BOX)},
-                           window=seg.window, settings=PropagationSettings(z_min=10, z_max=30))
+                           window=seg.window, settings=PropagationSettings(z_min=10, z_max=30),
+                           spacing=tuple(np.asarray(ct.scale)))  # the widget passes the layer's scale (5 mm slices)
     assert np.array_equal(res.mask, ref.mask) and sorted(res.records) == sorted(ref.records)
     pv = seg.preview_layer.data
     assert np.array_equal(pv > 0, res.mask)  # every slice, not only the prompted one
