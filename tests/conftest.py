@@ -17,9 +17,13 @@ if not os.environ.get("SAMLAB_ALLOW_TRITON"):
 
 # exported encoders and embeddings go to a throw-away cache, not ~/.cache
 if "SAMLAB_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["SAMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="samlab-test-cache-")
+    # CI machines can have little disk: leave nothing behind
+    atexit.register(shutil.rmtree, os.environ["SAMLAB_CACHE_DIR"], True)
 
 import numpy as np
 import pytest
