@@ -42,6 +42,7 @@ class Case:
     truth: np.ndarray  # bool (Z, Y, X)
     modality: str  # "CT" or "MR"
     spacing: tuple = None  # (slice, row, column) mm, as propagation takes it; None: isotropic
+    group: str = ""  # the kind of data, as issue 11's 2D check groups cases ("" = the case alone)
 
 
 def _read(name, folder=SAMPLES):
@@ -277,21 +278,22 @@ def public_cases() -> list:
     ``benchmarks/data/README.md`` for sources and licences.
     """
     cases = []
-    for name, stem, mod in (("brain tumour 1 (6.5 mm MRI)", "brain1", "MR"),
-                            ("brain tumour 2 (6.5 mm MRI)", "brain2", "MR"),
-                            ("lung tumour 1 (5 mm CT)", "lung1", "CT"),
-                            ("breast lesion (MRI)", "breast1", "MR")):
+    for name, stem, mod, group in (("brain tumour 1 (6.5 mm MRI)", "brain1", "MR", "MRI brain tumour"),
+                                   ("brain tumour 2 (6.5 mm MRI)", "brain2", "MR", "MRI brain tumour"),
+                                   ("lung tumour 1 (5 mm CT)", "lung1", "CT", "CT lung tumour"),
+                                   ("breast lesion (MRI)", "breast1", "MR", "breast MRI lesion")):
         img = _read(f"{stem}_image.nrrd", DATA)
         cases.append(Case(name, "public", img, _read(f"{stem}_label.nrrd", DATA) == 1, mod,
-                          _spacing(f"{stem}_image.nrrd", DATA)))
+                          _spacing(f"{stem}_image.nrrd", DATA), group))
     inia = _read("inia19_t1_brain.nii.gz", DATA)
     cases.append(Case("macaque brain, skull-stripped (INIA19)", "public", inia, inia > 0, "MR",
-                      _spacing("inia19_t1_brain.nii.gz", DATA)))
+                      _spacing("inia19_t1_brain.nii.gz", DATA), "skull-stripped brain"))
     t1 = _read("mri_brain_colin27_t1.nii.gz")
     aal = _read("colin27_aal.nii.gz", DATA)
     sp = _spacing("mri_brain_colin27_t1.nii.gz")
     for value, name in AAL_DEEP.items():
-        cases.append(Case(f"{name} (AAL on Colin27)", "public", t1, aal == value, "MR", sp))
+        cases.append(Case(f"{name} (AAL on Colin27)", "public", t1, aal == value, "MR", sp,
+                          "deep grey structure (T1)"))
     return cases
 
 

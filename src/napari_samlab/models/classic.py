@@ -24,6 +24,9 @@ real CT, MRI and microscopy data in ``shared/data`` (see
    click, rays from it stop where they climb into a touching neighbour and
    a watershed splits what is left of a clump.  Negative clicks split the
    mask by a seeded watershed on the gradient and remove their share.
+5. **Faint objects.**  Where the result's score (separability x edge
+   contrast) is low, a box prompt's own shape decides more: likelihood plus
+   a superellipse prior inscribed in the box (deep grey matter on T1).
 
 Quality on the real data in ``shared/data`` (benchmarks/bench_classic_quality.py):
 Colin27 brain, box per axial slice, mean Dice 0.93; lung2 tumour, box per
@@ -54,14 +57,14 @@ from scipy import ndimage as ndi
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
-from .classic_ops import (best_threshold, crop_box, cut_negatives, disk, edge_contrast, project,
+from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, disk, edge_contrast, project,
                           ray_cut, signed_distance, split_touching)
 from . import classic_track
 
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "2"
+ALGORITHM_VERSION = "3"
 TINY = 4  # boxes narrower than this are returned filled
 
 class ClassicModel(SegmentationModel):
@@ -143,6 +146,12 @@ class ClassicModel(SegmentationModel):
         area is left.
     track_flag_area : float
         A kept slice whose area changed by more than this factor is flagged.
+    box_prior, box_power, box_width : float
+        A box prompt on a faint object: the box's own shape (a superellipse
+        inscribed in it) joins the intensity likelihood with weight
+        ``box_prior x (1 - score) ** box_power`` (not below 0.5), over a
+        transition ``box_width`` wide (:func:`~.classic_ops.box_prior_mask`).
+        Propagation starts from the intensity's mask, not this outline.
 
     Every value and how it was chosen: ``docs/classic_engine.md``.
 
@@ -174,7 +183,8 @@ class ClassicModel(SegmentationModel):
                  track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
                  track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
-                 track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33):
+                 track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33,
+                 box_prior: float = 8.0, box_power: float = 3.0, box_width: float = 0.3):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
@@ -189,6 +199,7 @@ class ClassicModel(SegmentationModel):
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
             track_thick=float(track_thick), track_calibrate=float(track_calibrate), track_edge=float(track_edge),
+            box_prior=float(box_prior), box_power=float(box_power), box_width=float(box_width),
         )
         for k, v in self.params.items():
             setattr(self, k, v)
@@ -336,7 +347,7 @@ class ClassicModel(SegmentationModel):
             raise SamlabError("the classic engine needs a box or at least one positive point inside the object")
 
         if box is not None:
-            mask, score = self._segment_box(feat, embedding["gradient"], box, pos, neg, prior)
+            mask, score, sample = self._segment_box(feat, embedding["gradient"], box, pos, neg, prior)
         else:
             mask = np.zeros((H, W), bool)
             scores = []
@@ -345,9 +356,17 @@ class ClassicModel(SegmentationModel):
                 mask |= m
                 scores.append(s)
             score = float(np.mean(scores)) if scores else 0.0
-        # what the object looks like here: the next slice's propagate_step compares with it
+            sample = mask
+        # what the object looks like here: the next slice's propagate_step
+        # compares with it.  Propagation starts from what the intensity says
+        # is the object ("seed"), not from the box-shape prior's outline: the
+        # prior's guess on this slice is no evidence for the next one.
+        sample = sample if sample.sum() >= 4 else mask
+        stats = self.object_stats(embedding, sample)
+        if stats is not None and not np.array_equal(sample, mask):
+            stats["seed"] = sample
         return Prediction(mask=mask, score=float(np.clip(score, 0, 1)), low_res_logits=signed_distance(mask),
-                          extra={"stats": self.object_stats(embedding, mask)})
+                          extra={"stats": stats})
 
     # ------------------------------------------------------------------
     # ------------------------------------------------------------------
@@ -411,6 +430,9 @@ class ClassicModel(SegmentationModel):
             return Prediction(mask=empty, score=0.0, low_res_logits=signed_distance(empty),
                               extra=dict(info, stats=None, ended=why, flags=set(info.get("flags", ()))))
 
+        seed = (prev_stats or {}).get("seed")
+        if seed is not None and np.shape(seed) == P.shape:
+            P = np.asarray(seed, bool)  # the prompted slice's intensity mask (decode)
         if int(P.sum()) < 4:
             return ended("no previous mask")
         st = prev_stats if prev_stats is not None and "anchor" in prev_stats else self.object_stats(embedding, P)
@@ -433,7 +455,7 @@ class ClassicModel(SegmentationModel):
             # too few pixels to tell object from background: the box is the answer
             full = np.zeros((H, W), bool)
             full[y0:y1 + 1, x0:x1 + 1] = True
-            return full, 0.0
+            return full, 0.0, full
         m = max(3, int(round(self.margin * max(bw, bh))))
         r0, r1, c0, c1 = max(y0 - m, 0), min(y1 + m + 1, H), max(x0 - m, 0), min(x1 + m + 1, W)
         f = feat[r0:r1, c0:c1]
@@ -482,9 +504,17 @@ class ClassicModel(SegmentationModel):
                 bg = (~inbox) | (inbox & ~ndi.binary_dilation(mask, iterations=2))
                 if lpos:
                     fg = fg | (seeds & inbox)
+        score = sep * edge_contrast(grad[r0:r1, c0:c1], mask)
+        # a faint object (low score): lean on the box's own shape (box_prior_mask)
+        weight = self.box_prior * (1.0 - score) ** self.box_power
+        sample = np.zeros((H, W), bool)
+        sample[r0:r1, c0:c1] = mask
+        if weight >= 0.5 and not lpos and (pr is None or not pr.any()):
+            mask = cut_negatives(box_prior_mask(g, mask, inbox, weight, self.box_width), lpos, lneg, sign * g)
+            score = sep * edge_contrast(grad[r0:r1, c0:c1], mask)
         full = np.zeros((H, W), bool)
         full[r0:r1, c0:c1] = mask
-        return full, sep * edge_contrast(grad[r0:r1, c0:c1], mask)
+        return full, score, sample
 
     def _trim_far_side(self, g, sign, t, mask, inbox, lpos, lneg, prior):
         """Drop parts far *beyond* the object's own intensity (bone next to a

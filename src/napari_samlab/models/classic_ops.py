@@ -13,10 +13,36 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["SDF_CLIP", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "cut_negatives", "split_touching",
+__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "cut_negatives", "split_touching",
            "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance"]
 
 SDF_CLIP = 32.0
+BINS = 64
+L_CLIP = 4.0  # |log-likelihood ratio| cap: one odd bin must not decide alone
+
+
+def histogram(v: np.ndarray) -> np.ndarray:
+    """Smoothed, normalised 64-bin histogram of values in [0, 1], with a
+    Gaussian tail (10 %, the sample's mean and spread): intensities seen in
+    neither sample (a partial-volume rim between the two) then get the
+    likelihood ratio of the nearer class instead of an arbitrary 0."""
+    v = np.asarray(v, np.float64)
+    h = np.bincount(np.clip((v * BINS).astype(np.int64), 0, BINS - 1), minlength=BINS).astype(np.float64)
+    h = ndi.gaussian_filter1d(h, 1.5, mode="nearest")
+    h /= h.sum()
+    centres = (np.arange(BINS) + 0.5) / BINS
+    sd = max(float(v.std()), 0.1)  # wide: orders values far from both samples
+    tail = np.exp(-0.5 * ((centres - float(v.mean())) / sd) ** 2)
+    h = 0.9 * h + 0.1 * tail / tail.sum() + 1e-6  # nothing is impossible
+    return h / h.sum()
+
+
+def log_ratio(g: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Per-pixel log p(g | object) / p(g | background), clipped to +-L_CLIP."""
+    idx = np.clip((g * BINS).astype(np.int64), 0, BINS - 1)
+    lr = np.clip(np.log(fg) - np.log(bg), -L_CLIP, L_CLIP)
+    return lr[idx].astype(np.float32)
+
 
 
 def disk(r: int) -> np.ndarray:
@@ -288,3 +314,62 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     out[r0:r1, c0:c1] = np.clip(d, -SDF_CLIP, SDF_CLIP)
     return out
 
+
+
+def box_prior_mask(g: np.ndarray, mask: np.ndarray, inbox: np.ndarray, weight: float, width: float = 0.3,
+                   exponent: float = 2.5, keep: float = 0.25) -> np.ndarray:
+    """The object in a box when its intensity alone says little: likelihood plus the box's shape.
+
+    A box drawn around an object touches it on all four sides and the object
+    fills most of it, roughly as a superellipse inscribed in the box does
+    (``|x/a|**exponent + |y/b|**exponent <= 1``; 2 is the ellipse, the box
+    itself is the limit).  Each pixel's score is the log-likelihood ratio of
+    its value under the histograms of ``mask`` (the object so far) and of
+    the ring outside the box, plus ``weight * tanh((1 - rho) / width)``
+    where ``rho`` is the superellipse "radius" (1 on its outline).  With a
+    clear object (small ``weight``) the intensity decides; with a faint one
+    (large ``weight``) the box's shape does, and the intensity moves the
+    outline where it is clear.
+
+    Parameters
+    ----------
+    g : ndarray (h, w)
+        The feature in [0, 1] over the box and its ring.
+    mask, inbox : ndarray of bool (h, w)
+        The intensity recipe's mask and the box.
+    weight : float
+        Weight of the shape term, in log-likelihood units (likelihoods are
+        capped at +-``L_CLIP``).
+    width : float
+        Width of the shape term's transition, in units of ``rho``.
+    exponent : float
+        Superellipse exponent.
+    keep : float
+        Components at least this fraction of the largest one's area are kept.
+
+    Examples
+    --------
+    >>> g = np.full((30, 30), 0.5); inbox = np.zeros((30, 30), bool); inbox[5:25, 5:25] = True
+    >>> found = np.zeros_like(inbox); found[10:20, 8:14] = True   # what a faint threshold found
+    >>> m = box_prior_mask(g, found, inbox, weight=3.0)
+    >>> bool(m[15, 18]), bool(m[5, 5]), bool(m[:5].any())
+    (True, False, False)
+    """
+    rows, cols = np.flatnonzero(inbox.any(1)), np.flatnonzero(inbox.any(0))
+    cy, cx = (rows[0] + rows[-1]) / 2.0, (cols[0] + cols[-1]) / 2.0
+    b, a = (rows[-1] - rows[0] + 1) / 2.0, (cols[-1] - cols[0] + 1) / 2.0
+    yy, xx = np.indices(g.shape)
+    rho = (np.abs((yy - cy) / b) ** exponent + np.abs((xx - cx) / a) ** exponent) ** (1.0 / exponent)
+    shape = np.tanh((1.0 - rho) / max(width, 1e-3))
+    ring = ~inbox
+    obj = shrink(mask, 1) if shrink(mask, 1).sum() >= 4 else mask
+    if obj.sum() < 4 or not ring.any():
+        return mask  # the prior reshapes what the intensity found; it does not invent an object
+    lr = ndi.gaussian_filter(log_ratio(g, histogram(g[obj]), histogram(g[ring])), 1.0)
+    out = (lr + weight * shape > 0) & inbox
+    lab, n = ndi.label(out)
+    if n == 0:
+        return mask
+    areas = np.bincount(lab.ravel())[1:]
+    out = np.isin(lab, np.flatnonzero(areas >= keep * areas.max()) + 1)
+    return ndi.binary_fill_holes(out)

@@ -75,35 +75,8 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, grow, keep_overlapping, project_with,
-                          shrink)
-
-BINS = 64
-L_CLIP = 4.0  # |log-likelihood ratio| cap: one odd bin must not decide alone
-
-
-def _hist(v: np.ndarray) -> np.ndarray:
-    """Smoothed, normalised 64-bin histogram of values in [0, 1], with a
-    Gaussian tail (10 %, the sample's mean and spread): intensities seen in
-    neither sample (a partial-volume rim between the two) then get the
-    likelihood ratio of the nearer class instead of an arbitrary 0."""
-    v = np.asarray(v, np.float64)
-    h = np.bincount(np.clip((v * BINS).astype(np.int64), 0, BINS - 1), minlength=BINS).astype(np.float64)
-    h = ndi.gaussian_filter1d(h, 1.5, mode="nearest")
-    h /= h.sum()
-    centres = (np.arange(BINS) + 0.5) / BINS
-    sd = max(float(v.std()), 0.1)  # wide: orders values far from both samples
-    tail = np.exp(-0.5 * ((centres - float(v.mean())) / sd) ** 2)
-    h = 0.9 * h + 0.1 * tail / tail.sum() + 1e-6  # nothing is impossible
-    return h / h.sum()
-
-
-def log_ratio(g: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """Per-pixel log p(g | object) / p(g | background), clipped to +-L_CLIP."""
-    idx = np.clip((g * BINS).astype(np.int64), 0, BINS - 1)
-    lr = np.clip(np.log(fg) - np.log(bg), -L_CLIP, L_CLIP)
-    return lr[idx].astype(np.float32)
-
+from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, grow, histogram,
+                          keep_overlapping, log_ratio, project_with, shrink)
 
 def _rings(m: np.ndarray, rad: float):
     """The object's interior and a ring of local background around it."""
@@ -180,7 +153,7 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
         full = feat @ w
         lo, hi = float(full.min()), float(full.max())
     g = project_with(f, w, lo, hi)
-    fg, bg = _hist(g[inner]), _hist(g[ring])
+    fg, bg = histogram(g[inner]), histogram(g[ring])
     if prev is not None and prev.get("anchor") is not None:
         anchor = prev["anchor"]
         # half the prompted slice's model, half this slice's: follows slow
