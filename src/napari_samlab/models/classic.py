@@ -58,8 +58,9 @@ from scipy import ndimage as ndi
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
 from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, disk, edge_contrast, project,
-                          ray_cut, signed_distance, split_touching)
+                          signed_distance)
 from . import classic_track
+from .classic_click import segment_click
 
 __all__ = ["ClassicModel"]
 
@@ -352,7 +353,7 @@ class ClassicModel(SegmentationModel):
             mask = np.zeros((H, W), bool)
             scores = []
             for p in pos:
-                m, s = self._segment_click(feat, embedding["gradient"], p, pos, neg)
+                m, s = segment_click(feat, embedding["gradient"], p, pos, neg, self.params)
                 mask |= m
                 scores.append(s)
             score = float(np.mean(scores)) if scores else 0.0
@@ -612,56 +613,6 @@ class ClassicModel(SegmentationModel):
         mask = ndi.binary_fill_holes(mask)
         mask = cut_negatives(mask, lpos, lneg, None if g is None else sign * g)
         return mask & inbox
-
-    # ------------------------------------------------------------------
-    def _segment_click(self, feat, grad, p, pos, neg):
-        """The object under one click: half-way level between it and its surround.
-
-        The object level is the median around the click, the background
-        level a low percentile of a window around it; the window grows until
-        the clicked component no longer runs into its edge.  Touching
-        neighbours (nuclei in a clump) are cut off where rays from the click
-        climb into them (:func:`ray_cut`) and along the necks of the
-        watershed split (:func:`split_touching`).
-        """
-        H, W = feat.shape[:2]
-        x, y = p
-        r = 16
-        while True:
-            r0, r1, c0, c1 = max(y - r, 0), min(y + r + 1, H), max(x - r, 0), min(x + r + 1, W)
-            f = feat[r0:r1, c0:c1]
-            ly, lx = y - r0, x - c0
-            seed = np.zeros(f.shape[:2], bool)
-            seed[max(ly - 2, 0):ly + 3, max(lx - 2, 0):lx + 3] = True
-            g = project(f, seed, ~seed)
-            obj_level = float(np.median(g[seed]))
-            lo, hi = np.percentile(g, [self.click_background, 100 - self.click_background])
-            # polarity: the click is on the brighter or the darker side
-            bg_level = float(lo) if obj_level - lo >= hi - obj_level else float(hi)
-            sign = 1.0 if obj_level >= bg_level else -1.0
-            t = bg_level + self.click_level * (obj_level - bg_level)
-            obj = sign * (g - t) > 0
-            obj[ly, lx] = True  # the click itself always belongs to the object
-            lab, _ = ndi.label(obj)
-            comp = lab == lab[ly, lx]
-            # grow while the object runs into a window edge that is not the image's
-            open_edge = (comp[0].any() and r0 > 0) or (comp[-1].any() and r1 < H) or \
-                (comp[:, 0].any() and c0 > 0) or (comp[:, -1].any() and c1 < W)
-            if not open_edge or r >= max(H, W):
-                break
-            r = int(r * 1.6) + 1
-        comp = ndi.binary_fill_holes(comp)
-        contrast = obj_level - bg_level
-        gn = (g - bg_level) / contrast if abs(contrast) > 1e-9 else np.zeros_like(g)
-        comp = ray_cut(comp, (ly, lx), gn, self.ray_rise)
-        comp = split_touching(comp, (ly, lx), gn, self.split_h, self.split_sigma, self.split_dist)
-        lneg = [(yy - r0, xx - c0) for xx, yy in neg if r0 <= yy < r1 and c0 <= xx < c1]
-        lpos = [(yy - r0, xx - c0) for xx, yy in pos if r0 <= yy < r1 and c0 <= xx < c1]
-        comp = cut_negatives(comp, lpos or [(ly, lx)], lneg, sign * g)
-        full = np.zeros((H, W), bool)
-        full[r0:r1, c0:c1] = comp
-        sep = best_threshold(g[comp], g[~comp])[2] if comp.any() and (~comp).any() else 0.0
-        return full, sep * edge_contrast(grad[r0:r1, c0:c1], comp)
 
 
 # ----------------------------------------------------------------------
