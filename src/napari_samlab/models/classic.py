@@ -348,7 +348,7 @@ class ClassicModel(SegmentationModel):
             raise SamlabError("the classic engine needs a box or at least one positive point inside the object")
 
         if box is not None:
-            mask, score, sample = self._segment_box(feat, embedding["gradient"], box, pos, neg, prior)
+            mask, score, seed = self._segment_box(feat, embedding["gradient"], box, pos, neg, prior)
         else:
             mask = np.zeros((H, W), bool)
             scores = []
@@ -357,15 +357,14 @@ class ClassicModel(SegmentationModel):
                 mask |= m
                 scores.append(s)
             score = float(np.mean(scores)) if scores else 0.0
-            sample = mask
+            seed = None
         # what the object looks like here: the next slice's propagate_step
         # compares with it.  Propagation starts from what the intensity says
         # is the object ("seed"), not from the box-shape prior's outline: the
         # prior's guess on this slice is no evidence for the next one.
-        sample = sample if sample.sum() >= 4 else mask
-        stats = self.object_stats(embedding, sample)
-        if stats is not None and not np.array_equal(sample, mask):
-            stats["seed"] = sample
+        stats = self.object_stats(embedding, mask if seed is None else seed)
+        if stats is not None and seed is not None:
+            stats["seed"] = seed
         return Prediction(mask=mask, score=float(np.clip(score, 0, 1)), low_res_logits=signed_distance(mask),
                           extra={"stats": stats})
 
@@ -456,7 +455,7 @@ class ClassicModel(SegmentationModel):
             # too few pixels to tell object from background: the box is the answer
             full = np.zeros((H, W), bool)
             full[y0:y1 + 1, x0:x1 + 1] = True
-            return full, 0.0, full
+            return full, 0.0, None
         m = max(3, int(round(self.margin * max(bw, bh))))
         r0, r1, c0, c1 = max(y0 - m, 0), min(y1 + m + 1, H), max(x0 - m, 0), min(x1 + m + 1, W)
         f = feat[r0:r1, c0:c1]
@@ -507,15 +506,18 @@ class ClassicModel(SegmentationModel):
                     fg = fg | (seeds & inbox)
         score = sep * edge_contrast(grad[r0:r1, c0:c1], mask)
         # a faint object (low score): lean on the box's own shape (box_prior_mask)
+        # seed: the intensity's own mask, where the prior changed it (decode)
         weight = self.box_prior * (1.0 - score) ** self.box_power
-        sample = np.zeros((H, W), bool)
-        sample[r0:r1, c0:c1] = mask
+        seed = None
         if weight >= 0.5 and not lpos and (pr is None or not pr.any()):
-            mask = cut_negatives(box_prior_mask(g, mask, inbox, weight, self.box_width), lpos, lneg, sign * g)
-            score = sep * edge_contrast(grad[r0:r1, c0:c1], mask)
+            shaped = cut_negatives(box_prior_mask(g, mask, inbox, weight, self.box_width), lpos, lneg, sign * g)
+            if not np.array_equal(shaped, mask):
+                seed = np.zeros((H, W), bool)
+                seed[r0:r1, c0:c1] = mask
+                mask, score = shaped, sep * edge_contrast(grad[r0:r1, c0:c1], shaped)
         full = np.zeros((H, W), bool)
         full[r0:r1, c0:c1] = mask
-        return full, score, sample
+        return full, score, seed
 
     def _trim_far_side(self, g, sign, t, mask, inbox, lpos, lneg, prior):
         """Drop parts far *beyond* the object's own intensity (bone next to a

@@ -362,7 +362,8 @@ def box_prior_mask(g: np.ndarray, mask: np.ndarray, inbox: np.ndarray, weight: f
     rho = (np.abs((yy - cy) / b) ** exponent + np.abs((xx - cx) / a) ** exponent) ** (1.0 / exponent)
     shape = np.tanh((1.0 - rho) / max(width, 1e-3))
     ring = ~inbox
-    obj = shrink(mask, 1) if shrink(mask, 1).sum() >= 4 else mask
+    obj = shrink(mask, 1)
+    obj = obj if obj.sum() >= 4 else mask
     if obj.sum() < 4 or not ring.any():
         return mask  # the prior reshapes what the intensity found; it does not invent an object
     lr = ndi.gaussian_filter(log_ratio(g, histogram(g[obj]), histogram(g[ring])), 1.0)
