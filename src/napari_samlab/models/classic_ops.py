@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "cut_negatives", "split_touching",
-           "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance"]
+           "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance", "follow_motion"]
 
 SDF_CLIP = 32.0
 BINS = 64
@@ -374,3 +374,68 @@ def box_prior_mask(g: np.ndarray, mask: np.ndarray, inbox: np.ndarray, weight: f
     areas = np.bincount(lab.ravel())[1:]
     out = np.isin(lab, np.flatnonzero(areas >= keep * areas.max()) + 1)
     return ndi.binary_fill_holes(out)
+
+
+def follow_motion(before: np.ndarray, after: np.ndarray, sdf: np.ndarray, size: int = 32,
+                  iterations: int = 5, warps: int = 2) -> np.ndarray:
+    """An outline drawn on image ``before``, moved with the image content onto ``after``.
+
+    Dense TV-L1 optical flow (:func:`skimage.registration.optical_flow_tvl1`)
+    from ``after`` back to ``before`` tells, for every pixel of ``after``,
+    where its tissue lay on ``before``; the outline's signed distance is
+    sampled there.  On thin slices neighbouring anatomy moves and bends
+    smoothly from one slice to the next, so the moved outline follows a
+    curved structure whose own edge is faint (a deep grey nucleus, the
+    hippocampus) instead of staying where it was.  The flow is computed on
+    a copy at most ``size`` pixels across (the motion between neighbouring
+    slices is smooth at that scale) and the signed distance is moved there
+    and interpolated back: one step costs a few milliseconds whatever the
+    object's size.
+
+    Parameters
+    ----------
+    before, after : ndarray (H, W)
+        The two images, same window and scale (the classic feature).
+    sdf : ndarray (H, W)
+        Signed distance of the outline on ``before`` (+ inside).
+    size : int
+        Longest side of the copy the flow is computed on.
+    iterations, warps : int
+        TV-L1 fixed-point iterations per warp (``num_iter``) and warps per
+        pyramid level (``num_warp``).
+
+    Returns
+    -------
+    ndarray of float32 (H, W)
+        The signed distance moved onto ``after`` (+ inside).
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:48, :48]
+    >>> before = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 50.0)
+    >>> after = np.exp(-((yy - 23) ** 2 + (xx - 22) ** 2) / 50.0)
+    >>> sdf = 4.0 - np.hypot(yy - 20, xx - 20)
+    >>> moved = follow_motion(before, after, sdf) > 0
+    >>> bool(np.abs(np.argwhere(moved).mean(0) - (23, 22)).max() < 1)
+    True
+    """
+    from skimage.registration import optical_flow_tvl1
+
+    a = np.asarray(before, np.float32)
+    b = np.asarray(after, np.float32)
+    d = np.asarray(sdf, np.float32)
+    H, W = d.shape
+    scale = min(1.0, size / max(H, W))
+    if scale < 1.0:
+        h, w = max(int(round(H * scale)), 8), max(int(round(W * scale)), 8)
+        zoom = (h / H, w / W)
+        sig = 0.5 / scale - 0.5  # the small copy averages what it stands for
+        a = ndi.zoom(ndi.gaussian_filter(a, sig), zoom, order=1, grid_mode=True, mode="nearest")
+        b = ndi.zoom(ndi.gaussian_filter(b, sig), zoom, order=1, grid_mode=True, mode="nearest")
+        d = ndi.zoom(d, zoom, order=1, grid_mode=True, mode="nearest")
+    v, u = optical_flow_tvl1(b, a, num_iter=iterations, num_warp=warps)
+    rr, cc = np.mgrid[0:d.shape[0], 0:d.shape[1]].astype(np.float32)
+    moved = ndi.map_coordinates(d, [rr + v, cc + u], order=1, mode="nearest")
+    if scale < 1.0:
+        moved = ndi.zoom(moved, (H / moved.shape[0], W / moved.shape[1]), order=1, grid_mode=True, mode="nearest")
+    return moved.astype(np.float32)
