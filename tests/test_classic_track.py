@@ -152,3 +152,57 @@ def test_heterogeneous_tumour_that_moves_between_thick_slices():
     lo, hi = res.z_extent()
     assert abs(lo - zs[0]) <= 1 and abs(hi - zs[-1]) <= 1, (lo, hi, zs[0], zs[-1])
     assert dice(res.mask, truth) >= 0.8
+
+
+def _drifting_structure(seed):
+    """A faint sphere inside textured tissue that slides sideways with the
+    tissue around it from slice to slice (a structure in a curving brain)."""
+    rng = np.random.default_rng(seed)
+    n, size, pad = 40, 96, 30
+    tex = ndi.gaussian_filter(rng.standard_normal((size + 2 * pad,) * 2), 2.0)
+    tex /= tex.std()
+    yy, xx = np.indices(tex.shape)
+    vol = np.zeros((n, size, size), np.float32)
+    truth = np.zeros(vol.shape, bool)
+    for z in range(n):
+        t = z - n / 2
+        r2 = 121 * max(1 - (t / (n / 2 - 2)) ** 2, 0)
+        obj = (yy - 78) ** 2 + (xx - 78) ** 2 <= r2
+        shift = (int(round(1.2 * t)), int(round(0.8 * t)))  # ~1.4 px per slice
+        img, obj = np.roll(100 + 10 * tex + 12 * obj, shift, (0, 1)), np.roll(obj, shift, (0, 1))
+        vol[z], truth[z] = img[pad:pad + size, pad:pad + size], obj[pad:pad + size, pad:pad + size]
+    return vol, truth
+
+
+def test_outline_follows_the_tissue_it_lies_in():
+    # the static previous outline lags behind a faint object that drifts
+    # with its surroundings; the outline moved by the image motion keeps up
+    for seed in (0, 1):
+        vol, truth = _drifting_structure(seed)
+        zs = np.flatnonzero(truth.any((1, 2)))
+        z = int((zs[0] + zs[-1]) // 2)
+        got = {}
+        for motion in (1.5, 0.0):
+            res = propagate_from_prompt(SlicePredictor(ClassicModel(track_motion=motion)), vol, z,
+                                        Prompt(box=bbox(truth[z])), modality="MR")
+            got[motion] = dice(res.mask, truth)
+        assert got[1.5] >= got[0.0] + 0.1, (seed, got)
+
+
+def test_no_motion_following_from_a_prompt_that_is_not_the_object():
+    # a prompted mask that barely differs from its ring (Youden J < 1/3) is
+    # carried as it is: its moved copy would track a region no stop rule judges
+    from napari_samlab.models import classic_track
+
+    vol, truth = _drifting_structure(0)
+    m = ClassicModel()
+    a, b = (m.encode(vol[k] / vol.max()) for k in (20, 21))
+    st = classic_track.object_stats(a, truth[20])
+    masks = {}
+    for sep in (st["sep"], 0.2):
+        s = dict(st, anchor=dict(st["anchor"], sep=sep))
+        masks[sep, "motion"] = classic_track.propagate_step(m.params, b, truth[20], s)[0]
+        masks[sep, "still"] = classic_track.propagate_step(dict(m.params, track_motion=0.0), b, truth[20], s)[0]
+    assert st["sep"] >= 1 / 3
+    assert not np.array_equal(masks[st["sep"], "motion"], masks[st["sep"], "still"])
+    assert np.array_equal(masks[0.2, "motion"], masks[0.2, "still"])

@@ -147,6 +147,11 @@ class ClassicModel(SegmentationModel):
         area is left.
     track_flag_area : float
         A kept slice whose area changed by more than this factor is flagged.
+    track_motion : float
+        On slices up to this thick (slice spacing over pixel size) the
+        previous outline first moves with the image content (optical flow,
+        :func:`~.classic_ops.follow_motion`) before it serves as the shape
+        prior; 0 switches this off.
     box_prior, box_power, box_width : float
         A box prompt on a faint object: the box's own shape (a superellipse
         inscribed in it) joins the intensity likelihood with weight
@@ -185,6 +190,7 @@ class ClassicModel(SegmentationModel):
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
                  track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
                  track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33,
+                 track_motion: float = 1.5,
                  box_prior: float = 8.0, box_power: float = 3.0, box_width: float = 0.3):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
@@ -200,6 +206,7 @@ class ClassicModel(SegmentationModel):
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
             track_thick=float(track_thick), track_calibrate=float(track_calibrate), track_edge=float(track_edge),
+            track_motion=float(track_motion),
             box_prior=float(box_prior), box_power=float(box_power), box_width=float(box_width),
         )
         for k, v in self.params.items():

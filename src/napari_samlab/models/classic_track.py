@@ -75,8 +75,16 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, grow, histogram,
+from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, follow_motion, grow, histogram,
                           keep_overlapping, log_ratio, project_with, shrink)
+
+# the previous outline follows the image motion only where the prompted
+# object stands apart from its surroundings (Youden J of inside vs ring):
+# below ~1/3 the prompted mask is mostly not the object (a box around two
+# ventricle horns: 0.29) and the moved outline tracks a region no stop rule
+# can judge; every other suite object is at 0.41 or more (docs/classic_engine.md)
+MOTION_MIN_SEP = 1.0 / 3.0
+
 
 def _rings(m: np.ndarray, rad: float):
     """The object's interior and a ring of local background around it."""
@@ -167,13 +175,13 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
     bias = _calibrate(L, m, ring)
     st = _threshold_stats(g, inner, ring)
     if prev is None or prev.get("anchor") is None:
-        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area, edge=edge)
+        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area, edge=edge, sep=st["sep"])
     change, prev_area, steps = 0.0, area, 0
     if prev is not None:
         prev_area, steps = int(prev.get("area", area)), int(prev.get("steps", 0)) + 1
         change = float(prev.get("_change", 0.0))
     return dict(w=w, lo=lo, hi=hi, fg=fg, bg=bg, anchor=anchor, evidence=evidence, open=open_frac, bias=bias,
-                area=area, prev_area=prev_area, change=change, steps=steps, **st)
+                area=area, prev_area=prev_area, change=change, steps=steps, image=feat[..., 0], **st)
 
 
 def _calibrate(L: np.ndarray, m: np.ndarray, ring: np.ndarray, smooth: float = 0.5) -> float:
@@ -197,12 +205,14 @@ def _calibrate(L: np.ndarray, m: np.ndarray, ring: np.ndarray, smooth: float = 0
     return float(np.clip(level, -1.0, 1.0))
 
 
-def _contrast(L: np.ndarray, mask: np.ndarray) -> float:
-    """Mean ``L`` inside ``mask`` minus mean ``L`` in a band 2-4 px outside it."""
+def _contrast(L: np.ndarray, mask: np.ndarray, band: Optional[np.ndarray] = None) -> float:
+    """Mean ``L`` inside ``mask`` minus mean ``L`` in a band 2-4 px outside it
+    (``band``, when the caller has it already)."""
     if not mask.any():
         return -np.inf
-    d = dist_outside(mask)
-    band = grow(mask, 4, d) & ~grow(mask, 1, d)
+    if band is None:
+        d = dist_outside(mask)
+        band = grow(mask, 4, d) & ~grow(mask, 1, d)
     return float(L[mask].mean()) - (float(L[band].mean()) if band.any() else 0.0)
 
 
@@ -269,6 +279,13 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     # thresholded (part of the way) to where the last slice's own outline lay
     Lc = L - params["track_calibrate"] * st.get("bias", 0.0)
     sdf = dist_inside(p) - dist_outside(p)
+    before = st.get("image")
+    if (0 < slice_ratio <= params["track_motion"] and before is not None and before.shape == (H, W)
+            and st["anchor"].get("sep", 1.0) >= MOTION_MIN_SEP):
+        # thin slices: the previous outline moves with the anatomy around it
+        moved = follow_motion(before[r0:r1, c0:c1], f[..., 0], sdf)
+        if int((moved > 0).sum()) >= 4:
+            sdf, p = moved, moved > 0
     dist = np.maximum(-sdf, 0.0)
     side = min(np.ptp(np.nonzero(p)[0]), np.ptp(np.nonzero(p)[1])) + 1
     # inside, strong evidence may overrule the outline (the object shrinks
@@ -287,11 +304,18 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     d_new = dist_outside(mask)
     band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
-    edge = _contrast(L, mask)
+    edge = _contrast(L, mask, band)
     info.update(evidence=evidence, open=open_frac, edge=edge)
     ref = max(anchor["evidence"], 0.25)
     if evidence < params["track_evidence"] * ref:
         return None, dict(info, ended="evidence collapsed")
+    # judged by the prompted slice's model alone, the tissue under the mask
+    # looks more like what surrounded the object there than like the object
+    # (mean log-likelihood ratio below 0): the run has slid into another
+    # tissue (a ventricle, the scalp) while the blended model followed it
+    La = ndi.gaussian_filter(log_ratio(g, anchor["fg"], anchor["bg"]), params["track_smooth"])
+    if float(La[mask].mean()) < 0.0:
+        return None, dict(info, ended="unlike the prompted object")
     if open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25:
         # a thick slice averages the object with what lies above and below
         # its outline: the edge is a partial-volume ramp and the band just
