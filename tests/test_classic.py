@@ -87,6 +87,20 @@ def test_brain_box_beats_box_alone(model, brain):
     assert ours.mean() >= boxes.mean() + 0.08
 
 
+def test_brain_with_inverted_contrast(model, brain):
+    # T2-like contrast (the sample inverted, air kept at 0): bright CSF and
+    # skull around the brain, dark air and scalp beyond them, so the box's
+    # samples favour the wrong polarity; the mask that stands apart from
+    # the tissue along its own outline is the brain
+    vol, truth = brain
+    v = vol.astype(np.float32)
+    inv = np.where(v > 0, v.max() - v + 1, 0)
+    ours, boxes = _box_scores(model, inv, truth, [40, 70, 90, 110, 130])
+    # measured 0.971 (0.914 with the samples' polarity; box alone 0.841)
+    assert ours.mean() >= 0.95, ours
+    assert ours.mean() >= boxes.mean() + 0.08
+
+
 def test_nuclei_one_click_each(model, nuclei):
     _, labels, emb = nuclei
     ids = [i for i in np.unique(labels) if i][::6]  # 21 nuclei across the image

@@ -13,8 +13,10 @@ real CT, MRI and microscopy data in ``shared/data`` (see
    sample from the background sample (Fisher's linear discriminant), so
    the rest of the recipe is the same for H&E as for CT.
 3. **Threshold.**  Box: the intensity that best separates the box's central
-   ellipse from the ring (maximum Youden index, polarity chosen by the
-   data), re-estimated once from the first mask (GrabCut-style).  Click:
+   ellipse from the ring (maximum Youden index), re-estimated once from the
+   first mask (GrabCut-style).  The polarity is the one whose mask stands
+   apart from the tissue along its own outline (an object between darker
+   and brighter surroundings fools the samples).  Click:
    half-way between the clicked intensity and the local background.
 4. **Shape.**  Keep the component(s) holding the object (opening first cuts
    thin bridges: scalp, vessels), close small gaps, fill holes, restrict to
@@ -57,7 +59,7 @@ from scipy import ndimage as ndi
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
-from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, disk, edge_contrast, project,
+from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, disk, edge_contrast, project, ring_separation,
                           signed_distance)
 from . import classic_track
 from .classic_click import segment_click
@@ -65,7 +67,7 @@ from .classic_click import segment_click
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "3"
+ALGORITHM_VERSION = "4"
 TINY = 4  # boxes narrower than this are returned filled
 
 class ClassicModel(SegmentationModel):
@@ -494,23 +496,37 @@ class ClassicModel(SegmentationModel):
         g = project(f, fg, bg)
 
         mask = None
-        sep = 0.0
+        sep, flipped = 0.0, False
         for it in range(self.iterations + 1):
-            t, sign, sep = best_threshold(g[fg], g[bg])
-            obj = (sign * (g - t) > 0) & inbox
-            mask = self._shape_box(obj, inbox, lpos, lneg, pr, g, sign)
-            for _ in range(self.refine_steps):
-                new = self._refine_edge(g, sign, mask, inbox, lneg)
-                if np.array_equal(new, mask):
-                    break
-                mask = new
-            mask = self._trim_far_side(g, sign, t, mask, inbox, lpos, lneg, pr)
+            # the polarity chosen on the first pass is kept: the re-estimate
+            # refines the level, it does not turn the object inside out
+            t, sign, sep = best_threshold(g[fg], g[bg], sign=None if it == 0 else sign)
+            mask = self._threshold_box(g, t, sign, inbox, lpos, lneg, pr)
+            if it == 0 and not lpos and (pr is None or not pr.any()):
+                # polarity by the mask, not the samples: an object between a
+                # darker and a brighter background (a T2-like brain: bright
+                # CSF around it, dark air and scalp beyond) loses to the wrong
+                # polarity on the samples.  The other polarity's mask wins if
+                # it holds most of the box's centre (a box names the object
+                # at its centre, not a blob of texture) and stands apart
+                # better from the tissue along its own outline
+                ga = grad[r0:r1, c0:c1]
+                t2, sign2, sep2 = best_threshold(g[fg], g[bg], sign=-sign)
+                other = self._threshold_box(g, t2, sign2, inbox, lpos, lneg, pr)
+                if ((other & fg).sum() >= 0.5 * fg.sum()
+                        and ring_separation(g, other) * edge_contrast(ga, other)
+                        > ring_separation(g, mask) * edge_contrast(ga, mask)):
+                    t, sign, sep, mask, flipped = t2, sign2, sep2, other, True
             if it < self.iterations and mask.any():
                 fg = ndi.binary_erosion(mask, iterations=1) & mask
                 fg = fg if fg.any() else mask
                 bg = (~inbox) | (inbox & ~ndi.binary_dilation(mask, iterations=2))
                 if lpos:
                     fg = fg | (seeds & inbox)
+        if flipped:
+            # the samples favoured the other polarity: their separability
+            # says nothing about this mask, its own ring does
+            sep = ring_separation(g, mask)
         score = sep * edge_contrast(grad[r0:r1, c0:c1], mask)
         # a faint object (low score): lean on the box's own shape (box_prior_mask)
         # seed: the intensity's own mask, where the prior changed it (decode)
@@ -525,6 +541,17 @@ class ClassicModel(SegmentationModel):
         full = np.zeros((H, W), bool)
         full[r0:r1, c0:c1] = mask
         return full, score, seed
+
+    def _threshold_box(self, g, t, sign, inbox, lpos, lneg, pr):
+        """The box's mask at level ``t``: threshold, shape, edge, far side."""
+        obj = (sign * (g - t) > 0) & inbox
+        mask = self._shape_box(obj, inbox, lpos, lneg, pr, g, sign)
+        for _ in range(self.refine_steps):
+            new = self._refine_edge(g, sign, mask, inbox, lneg)
+            if np.array_equal(new, mask):
+                break
+            mask = new
+        return self._trim_far_side(g, sign, t, mask, inbox, lpos, lneg, pr)
 
     def _trim_far_side(self, g, sign, t, mask, inbox, lpos, lneg, prior):
         """Drop parts far *beyond* the object's own intensity (bone next to a

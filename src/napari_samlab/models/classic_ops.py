@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "cut_negatives", "split_touching",
+__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "ring_separation", "cut_negatives", "split_touching",
            "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance", "follow_motion"]
 
 SDF_CLIP = 32.0
@@ -97,11 +97,13 @@ def project(f: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
 
 
-def best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float = 0.01):
+def best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float = 0.01, sign: Optional[float] = None):
     """Threshold and polarity that best separate samples ``a`` (object) and ``b``.
 
     Returns ``(t, sign, youden)``: the object is ``sign * (x - t) > 0`` and
     ``youden`` = TPR - FPR in [0, 1] measures how separable they are.
+    ``sign`` (+1 brighter, -1 darker) fixes the polarity instead of choosing
+    the better one.
     """
     if a.size == 0 or b.size == 0:
         return (float(np.median(a)) if a.size else 0.5), 1.0, 0.0
@@ -117,13 +119,41 @@ def best_threshold(a: np.ndarray, b: np.ndarray, bins: int = 256, plateau: float
     cb = 1.0 - np.concatenate([[0], np.cumsum(hb)]) / hb.sum()
     j_up = ca - cb
     j_dn = -j_up
-    j, sign = (j_up, 1.0) if j_up.max() >= j_dn.max() else (j_dn, -1.0)
+    if sign is None:
+        sign = 1.0 if j_up.max() >= j_dn.max() else -1.0
+    j = j_up if sign > 0 else j_dn
     # middle of the near-optimal plateau: a clean gap between the classes
     # (tumour vs air) is cut half-way, through the partial-volume rim
     best = float(j.max())
     near = np.nonzero(j >= best - plateau)[0]
     i = int(near[len(near) // 2]) if near[-1] - near[0] < len(near) + 2 else int(np.argmax(j))
     return float(edges[i]), sign, best
+
+
+def ring_separation(g: np.ndarray, mask: np.ndarray, width: int = 4) -> float:
+    """How well one threshold tells ``mask`` from a ring just outside it.
+
+    Youden index (:func:`best_threshold`) of the mask's interior (eroded by
+    1 px) against the band 2..``width`` px outside: about 1 for an object
+    that stands apart from what borders it, about 0 for a region cut out of
+    uniform tissue.  Unlike a sample far from the object, the ring sees only
+    the tissue the outline actually runs along.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 64
+    >>> g = np.where(disc, 0.8, 0.2)
+    >>> round(ring_separation(g, disc), 2), round(ring_separation(np.full_like(g, 0.5), disc), 2)
+    (1.0, 0.0)
+    """
+    if mask.sum() < 9 or mask.all():
+        return 0.0
+    inner = ndi.binary_erosion(mask)
+    ring = ndi.binary_dilation(mask, iterations=width) & ~ndi.binary_dilation(mask)
+    if not inner.any() or not ring.any():
+        return 0.0
+    return best_threshold(g[inner], g[ring])[2]
 
 
 def edge_contrast(grad: np.ndarray, mask: np.ndarray) -> float:
