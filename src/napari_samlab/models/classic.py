@@ -507,13 +507,16 @@ class ClassicModel(SegmentationModel):
                 # darker and a brighter background (a T2-like brain: bright
                 # CSF around it, dark air and scalp beyond) loses to the wrong
                 # polarity on the samples.  The other polarity's mask wins if
-                # it holds most of the box's centre (a box names the object
-                # at its centre, not a blob of texture) and stands apart
-                # better from the tissue along its own outline
+                # it holds as much of the box's centre (within 5 % of it) as
+                # the samples' mask does, so at least half (a box names the
+                # object at its centre: not a blob of texture beside it, not
+                # the tissue between two blobs), and stands apart better from
+                # the tissue along its own outline
                 ga = grad[r0:r1, c0:c1]
                 t2, sign2, sep2 = best_threshold(g[fg], g[bg], sign=-sign)
                 other = self._threshold_box(g, t2, sign2, inbox, lpos, lneg, pr)
-                if ((other & fg).sum() >= 0.5 * fg.sum()
+                held = int((other & fg).sum())
+                if (held >= 0.5 * fg.sum() and held >= (mask & fg).sum() - 0.05 * fg.sum()
                         and ring_separation(g, other) * edge_contrast(ga, other)
                         > ring_separation(g, mask) * edge_contrast(ga, mask)):
                     t, sign, sep, mask, flipped = t2, sign2, sep2, other, True
