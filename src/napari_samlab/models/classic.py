@@ -503,15 +503,11 @@ class ClassicModel(SegmentationModel):
             t, sign, sep = best_threshold(g[fg], g[bg], sign=None if it == 0 else sign)
             mask = self._threshold_box(g, t, sign, inbox, lpos, lneg, pr)
             if it == 0 and not lpos and (pr is None or not pr.any()):
-                # polarity by the mask, not the samples: an object between a
-                # darker and a brighter background (a T2-like brain: bright
-                # CSF around it, dark air and scalp beyond) loses to the wrong
-                # polarity on the samples.  The other polarity's mask wins if
-                # it holds as much of the box's centre (within 5 % of it) as
-                # the samples' mask does, so at least half (a box names the
-                # object at its centre: not a blob of texture beside it, not
-                # the tissue between two blobs), and stands apart better from
-                # the tissue along its own outline
+                # polarity by the mask, not the samples (a T2-like brain lies
+                # between bright CSF and dark air): the other polarity's mask
+                # wins if it holds as much of the box's centre (within 5 %),
+                # at least half, and stands apart better along its own outline
+                # (docs/classic_engine.md, "polarity by the mask")
                 ga = grad[r0:r1, c0:c1]
                 t2, sign2, sep2 = best_threshold(g[fg], g[bg], sign=-sign)
                 other = self._threshold_box(g, t2, sign2, inbox, lpos, lneg, pr)
