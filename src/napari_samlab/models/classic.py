@@ -494,6 +494,7 @@ class ClassicModel(SegmentationModel):
         if not bg.any():  # box covers the whole image: use its border band
             bg = inbox & ~ndi.binary_erosion(inbox, iterations=2, border_value=0)
         g = project(f, fg, bg)
+        box_only = not lpos and (pr is None or not pr.any())  # no click, no previous mask
 
         mask = None
         sep, flipped = 0.0, False
@@ -502,7 +503,7 @@ class ClassicModel(SegmentationModel):
             # refines the level, it does not turn the object inside out
             t, sign, sep = best_threshold(g[fg], g[bg], sign=None if it == 0 else sign)
             mask = self._threshold_box(g, t, sign, inbox, lpos, lneg, pr)
-            if it == 0 and not lpos and (pr is None or not pr.any()):
+            if it == 0 and box_only:
                 # polarity by the mask, not the samples (a T2-like brain lies
                 # between bright CSF and dark air): the other polarity's mask
                 # wins if it holds as much of the box's centre (within 5 %),
@@ -531,7 +532,7 @@ class ClassicModel(SegmentationModel):
         # seed: the intensity's own mask, where the prior changed it (decode)
         weight = self.box_prior * (1.0 - score) ** self.box_power
         seed = None
-        if weight >= 0.5 and not lpos and (pr is None or not pr.any()):
+        if weight >= 0.5 and box_only:
             shaped = cut_negatives(box_prior_mask(g, mask, inbox, weight, self.box_width), lpos, lneg, sign * g)
             if not np.array_equal(shaped, mask):
                 seed = np.zeros((H, W), bool)
