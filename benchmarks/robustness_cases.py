@@ -124,7 +124,9 @@ def _tio_apply(volume, transform, label=None):
 
 def perturbed(case: Case, which: str, seed: int = 0) -> Case:
     """``case`` made harder: ``z2``/``z3`` (every 2nd / 3rd slice), ``noise``,
-    ``bias``, ``invert`` (MRI) or ``lowres`` (half the in-plane resolution)."""
+    ``bias``, ``invert`` (MRI), ``zscore`` (MRI intensities normalised to
+    zero mean and unit variance, TorchIO's ``ZNormalization``) or ``lowres``
+    (half the in-plane resolution)."""
     import torch
     import torchio as tio
 
@@ -157,6 +159,12 @@ def perturbed(case: Case, which: str, seed: int = 0) -> Case:
         fg = vf > 0
         inv = np.where(fg, vf.max() - vf + 1, 0)  # background stays 0 (as in MRI)
         return Case(name, "perturbed", inv, t, case.modality, case.spacing)
+    if which == "zscore":
+        # intensity normalisation as many MRI pipelines store it (nnU-Net,
+        # BraTS): zero mean, unit variance over the head, so half the tissue
+        # is negative and the background a negative constant
+        img, _ = _tio_apply(v, tio.ZNormalization(masking_method=lambda x: x > 0))
+        return Case(name, "perturbed", img, t, case.modality, case.spacing)
     if which == "lowres":
         img, lab = _tio_apply(v, tio.Resample((1.0, 2.0, 2.0), image_interpolation="linear"), t)
         sp = None if case.spacing is None else (case.spacing[0], 2 * case.spacing[1], 2 * case.spacing[2])
@@ -251,7 +259,7 @@ def perturbed_cases(real: list) -> list:
     """The perturbations that apply to each real case."""
     out = []
     plans = {
-        "brain": ("z2", "z3", "noise", "bias", "invert", "lowres"),
+        "brain": ("z2", "z3", "noise", "bias", "invert", "zscore", "lowres"),
         "lung tumour": ("z2", "noise", "bias", "lowres"),
     }
     for c in real:

@@ -101,6 +101,24 @@ def test_brain_with_inverted_contrast(model, brain):
     assert ours.mean() >= boxes.mean() + 0.08
 
 
+def test_normalised_mri_windows_like_the_original(model, brain):
+    # MRI stored normalised (zero mean, unit variance over the head, as
+    # nnU-Net / BraTS pipelines keep it): half the tissue is negative and the
+    # background a negative constant.  The auto window must see the same
+    # image as on the raw intensities; taking the positive voxels only clipped
+    # the dark half of the tissue to black (3D Dice 0.975 -> 0.855)
+    vol, truth = brain
+    v = vol.astype(np.float32)
+    head = v > 0
+    z = (v - v[head].mean()) / v[head].std()
+    raw, norm = resolve_window("auto", v, model), resolve_window("auto", z, model)
+    assert norm.lo < 0 < norm.hi
+    for k in (40, 90):
+        np.testing.assert_allclose(apply_window(z[k], norm), apply_window(v[k], raw), atol=1e-4)
+    ours, boxes = _box_scores(model, z, truth, [70, 110])
+    assert ours.mean() >= 0.94, ours
+
+
 def test_polarity_flip_keeps_the_box_centre(model, monkeypatch):
     # the lateral ventricle's middle slice: its two horns sit at opposite
     # corners of the box, white matter at the centre.  The other polarity's

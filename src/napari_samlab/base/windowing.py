@@ -208,9 +208,26 @@ def describe_window(window: Optional["Window"], guess: Optional[ModalityGuess] =
             + why)
 
 
-def percentile_window(image: np.ndarray, lo_pct=0.5, hi_pct=99.5, out="uint8", keep_zero=True) -> Window:
-    """Percentiles of the non-zero voxels (MedSAM's MR recipe)."""
-    vals = image[image > 0] if keep_zero else image
+def percentile_window(image: np.ndarray, lo_pct=0.5, hi_pct=99.5, out="uint8", keep_zero=True,
+                      signed: bool = False) -> Window:
+    """Percentiles of the non-zero voxels (MedSAM's MR recipe).
+
+    ``signed``: the tissue may be negative (MRI normalised to zero mean and
+    unit variance, or stored with an offset): the percentiles are taken over
+    the voxels that are neither 0 nor the volume's minimum (its background)
+    instead of the positive ones, which would clip half the tissue to black.
+    On non-negative images with a 0 background both are the same voxels.
+
+    Examples
+    --------
+    >>> z = np.array([-3.0, -3.0, -1.0, 0.5, 2.0])   # background -3, tissue -1..2
+    >>> percentile_window(z, 0, 100, "unit").lo, percentile_window(z, 0, 100, "unit", signed=True).lo
+    (0.5, -1.0)
+    """
+    if keep_zero and signed:
+        vals = image[(image != 0) & (image > np.min(image))] if image.size else image
+    else:
+        vals = image[image > 0] if keep_zero else image
     if vals.size == 0:
         vals = image.ravel()
     lo, hi = np.percentile(vals, [lo_pct, hi_pct]) if vals.size else (0.0, 1.0)

@@ -232,7 +232,8 @@ class ClassicModel(SegmentationModel):
         """Windows that keep the contrast this engine relies on, as floats.
 
         CT: -1000 to 400 HU (air to dense soft tissue); MR:
-        0.5-99.5 percentiles of the non-zero voxels; 8-bit photographs as they
+        0.5-99.5 percentiles of the voxels that are neither 0 nor the
+        volume's minimum (its background; normalised MRI is half negative); 8-bit photographs as they
         are; other images (16-bit microscopy) the 0.5-99.9 percentiles.  All
         map to float32 in [0, 1] so no contrast is lost to 8-bit rounding.
 
@@ -250,7 +251,9 @@ class ClassicModel(SegmentationModel):
             # lesions in lung that a soft-tissue window would clip to black
             return ct_window(image, -300.0, 1400.0, "unit", "ct-classic")
         if kind == "MR":
-            return percentile_window(image, 0.5, 99.5, "unit", keep_zero=True)
+            # the non-background voxels, negative ones too (MRI normalised to
+            # zero mean): the positive ones alone would clip half the tissue
+            return percentile_window(image, 0.5, 99.5, "unit", keep_zero=True, signed=True)
         if image.dtype == np.uint8:
             return None
         w = percentile_window(image, 0.5, 99.9, "unit", keep_zero=False)
