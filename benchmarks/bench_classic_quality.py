@@ -11,7 +11,7 @@ Targets (issue 3): brain >= 0.90, lung tumour >= 0.90, nuclei >= 0.85.
 ``--kinds`` (issue 11) adds one row per kind of data the propagation suite
 covers (``benchmarks/robustness_cases.py``, from sample_data/ and
 synthetic, no shared data needed): a skull-stripped brain (clean, noise,
-bias field, half resolution), the brain with its skull (clean and with
+bias field, normalised to zero mean, half resolution), the brain with its skull (clean and with
 inverted, T2-like contrast), the lung tumour, the lateral ventricle, and the synthetic
 objects (thick-slice tumours, dark lesion, soft border, touching
 neighbour, low-contrast deep grey structures); the target there is
@@ -134,7 +134,7 @@ def run_kinds(model) -> int:
     t1 = rc._read("mri_brain_colin27_t1.nii.gz")
     bm = rc._read("mri_brain_colin27_brain_mask.nii.gz") > 0
     stripped = rc.Case("skull-stripped brain", "real", np.where(bm, t1, 0).astype(np.float32), bm, "MR")
-    cases = [stripped] + [rc.perturbed(stripped, w) for w in ("noise", "bias", "lowres")]
+    cases = [stripped] + [rc.perturbed(stripped, w) for w in ("noise", "bias", "zscore", "lowres")]
     real = {c.name: c for c in rc.real_cases()}
     # the brain with its skull, also with T2-like (inverted) contrast: the
     # object lies between bright CSF/skull and dark air/scalp
