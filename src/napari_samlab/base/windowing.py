@@ -293,7 +293,9 @@ def resolve_window(window: Union[str, tuple, Window, None], image: np.ndarray, m
             return model.auto_window(image, modality)
         return default_auto_window(image, modality=modality)
     if name in CT_PRESETS:
+        # presets are in HU: CT stored as HU + 1024 gets them shifted
         level, width = CT_PRESETS[name]
+        level += detect_modality(image, modality).hu_offset
         return Window(level - width / 2, level + width / 2, "uint8", False, name)
     if name == "mr":
         return percentile_window(image)

@@ -220,10 +220,8 @@ class ClassicModel(SegmentationModel):
 
         Examples
         --------
-        >>> ClassicModel().fingerprint() == ClassicModel().fingerprint()
+        >>> ClassicModel().fingerprint() != ClassicModel(smoothing=2).fingerprint()
         True
-        >>> ClassicModel().fingerprint() == ClassicModel(smoothing=2).fingerprint()
-        False
         """
         text = f"classic:{ALGORITHM_VERSION}:" + ",".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
         return f"classic-v{ALGORITHM_VERSION}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
@@ -231,11 +229,12 @@ class ClassicModel(SegmentationModel):
     def auto_window(self, image: np.ndarray, modality: Optional[str] = None):
         """Windows that keep the contrast this engine relies on, as floats.
 
-        CT: -1000 to 400 HU (air to dense soft tissue); MR:
-        0.5-99.5 percentiles of the voxels that are neither 0 nor the
-        volume's minimum (its background; normalised MRI is half negative); 8-bit photographs as they
-        are; other images (16-bit microscopy) the 0.5-99.9 percentiles.  All
-        map to float32 in [0, 1] so no contrast is lost to 8-bit rounding.
+        CT: -1000 to 400 HU (air to dense soft tissue; shifted for CT
+        stored as HU + 1024); MR: 0.5-99.5 percentiles of the voxels that
+        are neither 0 nor the volume's minimum (its background; normalised
+        MRI is half negative); 8-bit photographs as they are; other images
+        (16-bit microscopy) the 0.5-99.9 percentiles.  All map to float32
+        in [0, 1] so no contrast is lost to 8-bit rounding.
 
         Examples
         --------
@@ -243,14 +242,14 @@ class ClassicModel(SegmentationModel):
         >>> (w.lo, w.hi, w.out)
         (-1000.0, 400.0, 'unit')
         """
-        from ..base.windowing import Window, ct_window, guess_modality, percentile_window
+        from ..base.windowing import Window, ct_window, detect_modality, percentile_window
 
-        kind = guess_modality(image, modality)
-        if kind == "CT":
+        guess = detect_modality(image, modality)
+        if guess.kind == "CT":
             # from air to dense soft tissue: keeps the partial-volume rim of
             # lesions in lung that a soft-tissue window would clip to black
-            return ct_window(image, -300.0, 1400.0, "unit", "ct-classic")
-        if kind == "MR":
+            return ct_window(image, -300.0 + guess.hu_offset, 1400.0, "unit", "ct-classic")
+        if guess.kind == "MR":
             # the non-background voxels, negative ones too (MRI normalised to
             # zero mean): the positive ones alone would clip half the tissue
             return percentile_window(image, 0.5, 99.5, "unit", keep_zero=True, signed=True)
