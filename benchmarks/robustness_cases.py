@@ -10,7 +10,8 @@ Three kinds, each a ``Case(name, kind, volume, truth, modality)``:
 * **perturbed** copies of the real ones, made harder as real data is:
   every 2nd / 3rd slice only (5 mm CT becomes 10 / 15 mm, like the 6.5 mm
   MRI of brain tumours), Gaussian noise, a bias field, contrast inversion
-  (MRI) and half the in-plane resolution; noise, bias field and resampling
+  (MRI), MRI normalised to zero mean, CT stored unsigned (HU + 1024) and
+  half the in-plane resolution; noise, bias field and resampling
   are TorchIO's transforms (``pip install .[bench]``), seeded;
 * **synthetic** volumes with known truth: bright / dark ellipsoids, a small
   object on thick slices, a lobulated "tumour" on 7 thick slices inside a
@@ -125,8 +126,9 @@ def _tio_apply(volume, transform, label=None):
 def perturbed(case: Case, which: str, seed: int = 0) -> Case:
     """``case`` made harder: ``z2``/``z3`` (every 2nd / 3rd slice), ``noise``,
     ``bias``, ``invert`` (MRI), ``zscore`` (MRI intensities normalised to
-    zero mean and unit variance, TorchIO's ``ZNormalization``) or ``lowres``
-    (half the in-plane resolution)."""
+    zero mean and unit variance, TorchIO's ``ZNormalization``), ``offset``
+    (CT stored unsigned as HU + 1024) or ``lowres`` (half the in-plane
+    resolution)."""
     import torch
     import torchio as tio
 
@@ -164,6 +166,10 @@ def perturbed(case: Case, which: str, seed: int = 0) -> Case:
         # BraTS): zero mean, unit variance over the head, so half the tissue
         # is negative and the background a negative constant
         img, _ = _tio_apply(v, tio.ZNormalization(masking_method=lambda x: x > 0))
+        return Case(name, "perturbed", img, t, case.modality, case.spacing)
+    if which == "offset":
+        # CT as many scanners store it: unsigned, HU + 1024 (air at 0 rather than -1000)
+        img = np.clip(v.astype(np.int32) + 1024, 0, 65535).astype(np.uint16)
         return Case(name, "perturbed", img, t, case.modality, case.spacing)
     if which == "lowres":
         img, lab = _tio_apply(v, tio.Resample((1.0, 2.0, 2.0), image_interpolation="linear"), t)
@@ -260,7 +266,7 @@ def perturbed_cases(real: list) -> list:
     out = []
     plans = {
         "brain": ("z2", "z3", "noise", "bias", "invert", "zscore", "lowres"),
-        "lung tumour": ("z2", "noise", "bias", "lowres"),
+        "lung tumour": ("z2", "noise", "bias", "offset", "lowres"),
     }
     for c in real:
         for which in plans.get(c.name, ()):
