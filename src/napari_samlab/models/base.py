@@ -45,7 +45,9 @@ class SegmentationModel(abc.ABC):
     ``family`` (str), ``needs_prompt`` (False for SAMed),
     ``supports_points``, ``supports_boxes``, ``supports_mask_input`` (bool),
     ``num_classes`` (1 for prompt families), ``image_size`` (model input side,
-    0 for classic), ``device`` (``"cpu"`` or ``"cuda"``).
+    0 for classic), ``device`` (``"cpu"`` or ``"cuda"``), ``parallel_steps``
+    (True when ``propagate_step`` is a pure function of its arguments, so
+    propagation may run the up and down runs' steps at once).
     ``encoder_backend`` is the requested backend (see :meth:`run_encoder`),
     ``last_encoder_backend`` the one the latest encode really ran (None
     before the first; ``"auto"`` resolved).
@@ -56,6 +58,7 @@ class SegmentationModel(abc.ABC):
     supports_points: bool = True
     supports_boxes: bool = True
     supports_mask_input: bool = False
+    parallel_steps: bool = False
     num_classes: int = 1
     image_size: int = 0
     device: str = "cpu"

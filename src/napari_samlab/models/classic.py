@@ -168,8 +168,7 @@ class ClassicModel(SegmentationModel):
     >>> import numpy as np
     >>> img = np.zeros((64, 64), np.uint8); img[20:40, 15:45] = 200
     >>> model = ClassicModel()
-    >>> emb = model.encode(img)
-    >>> pred = model.decode(emb, Prompt(box=(10, 15, 50, 45)))
+    >>> pred = model.decode(model.encode(img), Prompt(box=(10, 15, 50, 45)))
     >>> bool(pred.mask[20:40, 15:45].all()), int(pred.mask[:18].sum() + pred.mask[42:].sum())
     (True, 0)
     """
@@ -179,6 +178,7 @@ class ClassicModel(SegmentationModel):
     supports_points = True
     supports_boxes = True
     supports_mask_input = True
+    parallel_steps = True  # propagate_step reads only its arguments (SciPy releases the GIL)
     num_classes = 1
     image_size = 0
     device = "cpu"
@@ -191,8 +191,7 @@ class ClassicModel(SegmentationModel):
                  track_tau: float = 0.2, track_reach: float = 0.25, track_change0: float = 0.2,
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
                  track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
-                 track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33,
-                 track_motion: float = 1.5,
+                 track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33, track_motion: float = 1.5,
                  box_prior: float = 8.0, box_power: float = 3.0, box_width: float = 0.3):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)

@@ -58,6 +58,7 @@ class RunState:
         self.empty_run = []  # consecutive empty slices kept so far
         self.last_kept = spec.start
         self.active = True
+        self.ahead = None  # (z, future) of a track step started beside another run's (Engine.run_all)
 
 
 class Engine:
@@ -238,12 +239,15 @@ class Engine:
             return self.stop(run, "anchor", z)
         if self.track:
             # the model's own step: the last non-empty mask and what it looked like
-            prior = run.prev if run.prev is not None and run.prev.any() else run.ref
-            if prior is None or not prior.any():
+            prior = self.track_prior(run)
+            if prior is None:
                 return self.stop(run, "empty", z, 0.0)
-            self.p.set_image(self.volume[z], window=self.win)
-            extra = {"slice_ratio": self.slice_ratio} if self._step_takes_ratio else {}
-            pred = self.model.propagate_step(self.p.embedding, prior, run.stats, **extra)
+            ahead, run.ahead = run.ahead, None
+            if ahead is not None and ahead[0] == z:
+                pred = ahead[1].result()  # computed beside the other run's step (run_all)
+            else:
+                self.p.set_image(self.volume[z], window=self.win)
+                pred = self.track_step(self.p.embedding, prior, run.stats)
         else:
             prompt = self.next_prompt(run)
             if prompt is None:
@@ -298,8 +302,70 @@ class Engine:
         run.cur = run.last_kept = z
         return None
 
+    # -- the model's own step ("track") ---------------------------------
+    @staticmethod
+    def track_prior(run: RunState) -> Optional[np.ndarray]:
+        """The mask the next track step follows: the last non-empty kept one."""
+        prior = run.prev if run.prev is not None and run.prev.any() else run.ref
+        return prior if prior is not None and prior.any() else None
+
+    def track_step(self, embedding: dict, prior: np.ndarray, stats) -> Prediction:
+        extra = {"slice_ratio": self.slice_ratio} if self._step_takes_ratio else {}
+        return self.model.propagate_step(embedding, prior, stats, **extra)
+
+    def _steps_ahead(self, pool, runs) -> None:
+        """Start every active run's next track step at once (one per thread).
+
+        Each step reads only its own run's state, which the other runs of
+        the round leave alone, so its result is what :meth:`step` would
+        compute; a step the round's bookkeeping no longer takes (the other
+        run got there first, a stop slice) is dropped.  Encoding stays on
+        this thread: the predictor and its caches are not shared.
+        """
+        s = self.s
+        todo = []
+        for r in runs:
+            z = r.cur + r.spec.step
+            prior = self.track_prior(r) if r.active else None
+            if (prior is None or (r.spec.step < 0 and z < r.spec.bound) or (r.spec.step > 0 and z > r.spec.bound)
+                    or z in s.stop_slices or z in self.visited):
+                continue
+            todo.append((r, z, prior))
+        if len(todo) < 2:
+            return  # nothing to overlap: step() computes it as usual
+        for r, z, prior in todo:
+            self.p.set_image(self.volume[z], window=self.win)
+            r.ahead = (z, pool.submit(self.track_step, self.p.embedding, prior, r.stats))
+
+    def _pool(self, runs):
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            cpus = os.cpu_count() or 1
+        if not (self.track and getattr(self.model, "parallel_steps", False)) or len(runs) < 2 or cpus < 2:
+            return None
+        return ThreadPoolExecutor(max_workers=min(len(runs), cpus), thread_name_prefix="samlab-step")
+
     def run_all(self, runs):
+        pool = self._pool(runs)
+        try:
+            self._run_rounds(runs, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            for r in runs:
+                r.ahead = None
+
+    def _run_rounds(self, runs, pool):
         while any(r.active for r in runs):
+            if pool is not None and not self.check_cancel():
+                try:
+                    self._steps_ahead(pool, runs)
+                except Cancelled:  # stopped mid-encode: the loop below stops the runs
+                    self.cancelled = True
             for r in runs:
                 if not r.active:
                     continue
