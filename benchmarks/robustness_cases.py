@@ -10,9 +10,9 @@ Three kinds, each a ``Case(name, kind, volume, truth, modality)``:
 * **perturbed** copies of the real ones, made harder as real data is:
   every 2nd / 3rd slice only (5 mm CT becomes 10 / 15 mm, like the 6.5 mm
   MRI of brain tumours), Gaussian noise, a bias field, contrast inversion
-  (MRI), MRI normalised to zero mean, CT stored unsigned (HU + 1024) and
-  half the in-plane resolution; noise, bias field and resampling
-  are TorchIO's transforms (``pip install .[bench]``), seeded;
+  (MRI), MRI normalised to zero mean or with NaN outside the head, CT stored
+  unsigned (HU + 1024) and half the in-plane resolution; noise, bias field
+  and resampling are TorchIO's transforms (``pip install .[bench]``), seeded;
 * **synthetic** volumes with known truth: bright / dark ellipsoids, a small
   object on thick slices, a lobulated "tumour" on 7 thick slices inside a
   brain-like background, soft borders, an object touching a neighbour of
@@ -126,7 +126,8 @@ def _tio_apply(volume, transform, label=None):
 def perturbed(case: Case, which: str, seed: int = 0) -> Case:
     """``case`` made harder: ``z2``/``z3`` (every 2nd / 3rd slice), ``noise``,
     ``bias``, ``invert`` (MRI), ``zscore`` (MRI intensities normalised to
-    zero mean and unit variance, TorchIO's ``ZNormalization``), ``offset``
+    zero mean and unit variance, TorchIO's ``ZNormalization``), ``nan`` (MRI
+    with NaN where there is no data), ``offset``
     (CT stored unsigned as HU + 1024) or ``lowres`` (half the in-plane
     resolution)."""
     import torch
@@ -166,6 +167,10 @@ def perturbed(case: Case, which: str, seed: int = 0) -> Case:
         # BraTS): zero mean, unit variance over the head, so half the tissue
         # is negative and the background a negative constant
         img, _ = _tio_apply(v, tio.ZNormalization(masking_method=lambda x: x > 0))
+        return Case(name, "perturbed", img, t, case.modality, case.spacing)
+    if which == "nan":
+        # float volumes as SPM / FSL write them: NaN where there is no data (outside the head)
+        img = np.where(v > 0, v.astype(np.float32), np.float32(np.nan))
         return Case(name, "perturbed", img, t, case.modality, case.spacing)
     if which == "offset":
         # CT as many scanners store it: unsigned, HU + 1024 (air at 0 rather than -1000)
@@ -265,7 +270,7 @@ def perturbed_cases(real: list) -> list:
     """The perturbations that apply to each real case."""
     out = []
     plans = {
-        "brain": ("z2", "z3", "noise", "bias", "invert", "zscore", "lowres"),
+        "brain": ("z2", "z3", "noise", "bias", "invert", "zscore", "nan", "lowres"),
         "lung tumour": ("z2", "noise", "bias", "offset", "lowres"),
     }
     for c in real:

@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from napari_samlab.io.readers import read_image
-from napari_samlab.base.windowing import (ModalityGuess, apply_window, default_auto_window, describe_window,
+from napari_samlab.base.windowing import (ModalityGuess, apply_window, ct_window, default_auto_window, describe_window,
                                           detect_modality, modality_from_metadata, resolve_window)
 
 
@@ -78,3 +78,50 @@ def test_describe_window_says_what_and_why():
     w = default_auto_window(_ct())
     line = describe_window(w, detect_modality(_ct()))
     assert "level" in line and "width" in line and "CT" in line and "\n" not in line
+
+
+def _mr(seed=0, shape=(12, 48, 48)):
+    """A synthetic T1-like head: tissue ~300 with a brighter 'lesion', 0 outside."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    head = np.hypot(y - 24, x - 24) < 20
+    lesion = np.hypot(np.hypot(y - 22, x - 26), 3 * (z - 6)) < 8
+    v = np.where(head, 300.0, 0.0) + np.where(lesion, 250.0, 0.0) + np.where(head, rng.normal(0, 12, shape), 0.0)
+    return v.astype(np.float32), head, lesion
+
+
+def test_nan_marks_voxels_without_data():
+    """NaN outside the brain or the field of view (SPM, FSL): statistics skip it, windows map it to black.
+
+    A NaN in the sample made every percentile NaN: the window was (nan, nan)
+    and the classic engine found nothing (Colin27 brain 0.975 -> 0.0).
+    """
+    from napari_samlab.models.base import Prompt
+    from napari_samlab.models.classic import ClassicModel
+    from napari_samlab.predict.predictor import SlicePredictor
+    from napari_samlab.propagate import propagate_from_prompt
+
+    mr, head, lesion = _mr()
+    mr_nan = np.where(head, mr, np.nan).astype(np.float32)
+    ct = _ct().astype(np.float32)
+    ct_nan = np.where(ct < -900, np.nan, ct).astype(np.float32)  # no data outside the body
+    assert detect_modality(ct_nan).kind == "CT" and detect_modality(mr_nan).kind == "MR"
+    model = ClassicModel()
+    # MR: NaN where the head has 0 gives the same windows and the same slices
+    assert default_auto_window(mr_nan) == default_auto_window(mr)
+    assert model.auto_window(mr_nan) == model.auto_window(mr)
+    assert np.array_equal(apply_window(mr_nan, default_auto_window(mr_nan)), apply_window(mr, default_auto_window(mr)))
+    # CT: the windows of the voxels that hold data; NaN shows as the window's bottom
+    body = ct_nan[np.isfinite(ct_nan)]
+    assert default_auto_window(ct_nan) == ct_window(body, 40.0, 400.0, "uint8", "ct-abdomen")
+    assert model.auto_window(ct_nan) == ct_window(body, -300.0, 1400.0, "unit", "ct-classic")
+    for w in (default_auto_window(ct_nan), model.auto_window(ct_nan)):
+        shown = apply_window(ct_nan, w)
+        assert np.isfinite(w.lo) and np.isfinite(w.hi) and np.all(np.isfinite(shown))
+        assert np.all(shown[np.isnan(ct_nan)] == 0) and shown.max() > 0
+    # the engine sees the same slices, so it finds the same object
+    box = Prompt(box=(15, 11, 37, 33))
+    a = propagate_from_prompt(SlicePredictor(ClassicModel()), mr_nan, 6, box, modality="MR")
+    b = propagate_from_prompt(SlicePredictor(ClassicModel()), mr, 6, box, modality="MR")
+    assert a.mask.any() and np.array_equal(a.mask, b.mask)
+    assert (a.mask & lesion).sum() >= 0.7 * lesion.sum()

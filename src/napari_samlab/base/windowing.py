@@ -61,6 +61,8 @@ def apply_window(image: np.ndarray, window: Optional[Window]) -> np.ndarray:
     if window is None:
         return image
     x = np.clip(image.astype(np.float64, copy=False), window.lo, window.hi)
+    if image.dtype.kind in "fc":
+        np.copyto(x, window.lo, where=np.isnan(x))  # no data (NaN outside the brain, the FOV): the window's bottom
     span = window.hi - window.lo
     x = (x - window.lo) / span if span > 0 else np.zeros_like(x)
     if window.out == "uint8":
@@ -118,9 +120,28 @@ def modality_from_metadata(metadata: Optional[dict]) -> tuple:
     return None, ""
 
 
+def finite_values(image: np.ndarray) -> np.ndarray:
+    """``image`` itself, or its finite values (1D) when it holds NaN or infinite ones.
+
+    Float volumes mark voxels without data as NaN (SPM, FSL: outside the
+    brain or the field of view); statistics of the intensities skip them.
+
+    Examples
+    --------
+    >>> finite_values(np.array([np.nan, 2.0, np.inf, 3.0]))
+    array([2., 3.])
+    """
+    a = np.asarray(image)
+    if a.dtype.kind in "fc":
+        ok = np.isfinite(a)
+        if not ok.all():
+            return a[ok]
+    return a
+
+
 def _sample(image: np.ndarray, n: int = 1_000_000) -> np.ndarray:
     flat = np.asarray(image).ravel()
-    return flat[:: max(1, flat.size // n)].astype(np.float64, copy=False)
+    return finite_values(flat[:: max(1, flat.size // n)].astype(np.float64, copy=False))
 
 
 def _ct_offset(v: np.ndarray) -> float:
@@ -224,8 +245,11 @@ def percentile_window(image: np.ndarray, lo_pct=0.5, hi_pct=99.5, out="uint8", k
     >>> percentile_window(z, 0, 100, "unit").lo, percentile_window(z, 0, 100, "unit", signed=True).lo
     (0.5, -1.0)
     """
+    finite = finite_values(image)
+    no_data = finite.size < np.size(image)  # NaN marks the background: the minimum is tissue
+    image = finite
     if keep_zero and signed:
-        vals = image[(image != 0) & (image > np.min(image))] if image.size else image
+        vals = image[(image != 0) & ((image > np.min(image)) | no_data)] if image.size else image
     else:
         vals = image[image > 0] if keep_zero else image
     if vals.size == 0:
@@ -241,6 +265,7 @@ def percentile_window(image: np.ndarray, lo_pct=0.5, hi_pct=99.5, out="uint8", k
 def ct_window(image: np.ndarray, level: float, width: float, out="uint8", name="") -> Window:
     """Clip to level ± width/2, then min-max of the clipped data (pre_CT_MR.py)."""
     lo, hi = level - width / 2.0, level + width / 2.0
+    image = finite_values(image)
     if image.size:
         lo = max(lo, float(np.min(image)))
         hi = min(hi, float(np.max(image)))

@@ -119,7 +119,7 @@ class Engine:
         if vals.ndim > 1:  # RGB stacks: mean over channels
             vals = vals.mean(-1)
         lo, hi = self.intensity_range()
-        vals = np.clip(vals, lo, hi)
+        vals = np.clip(np.nan_to_num(vals, nan=lo), lo, hi)  # NaN (no data) as the window does: its bottom
         return float((vals.mean() - lo) / (hi - lo)) if hi > lo else 0.0
 
     def intensity_range(self) -> tuple:
@@ -129,7 +129,7 @@ class Engine:
                 self._range = (float(self.win.lo), float(self.win.hi))
             else:
                 sample = np.asarray(self.volume[:: max(1, self.volume.shape[0] // 16)], np.float64)
-                self._range = tuple(float(v) for v in np.percentile(sample, [1, 99]))
+                self._range = tuple(float(v) for v in np.nanpercentile(sample, [1, 99]))
         return self._range
 
     def _clean(self, mask) -> np.ndarray:
