@@ -62,7 +62,7 @@ def _volume():
 def _summary(res):
     recs = [(r.z, r.score, r.area, r.iou_prev, r.area_ratio, sorted(r.flags), r.source, r.anchor)
             for r in sorted(res.records.values(), key=lambda r: r.z)]
-    return res.mask.copy(), recs, [tuple(vars(s).items()) for s in res.stops], res.cancelled
+    return res.mask.copy(), recs, [tuple(vars(s).items()) for s in res.stops], res.cancelled, res.encoder_calls
 
 
 def _run(model, anchors, **kw):
@@ -77,6 +77,7 @@ def _anchors(zs):
 @pytest.mark.parametrize("zs, settings", [
     ((20,), None),
     ((12, 27), None),  # four runs: two meet between the anchors
+    ((12, 28), None),  # ... on one slice (20), which only the first takes
     ((20,), PropagationSettings(stop_slices={16})),  # one run ends at a stop slice, the other goes on
 ])
 def test_same_result_as_one_step_at_a_time(two_cores, zs, settings):

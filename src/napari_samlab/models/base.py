@@ -46,8 +46,9 @@ class SegmentationModel(abc.ABC):
     ``supports_points``, ``supports_boxes``, ``supports_mask_input`` (bool),
     ``num_classes`` (1 for prompt families), ``image_size`` (model input side,
     0 for classic), ``device`` (``"cpu"`` or ``"cuda"``), ``parallel_steps``
-    (True when ``propagate_step`` is a pure function of its arguments, so
-    propagation may run the up and down runs' steps at once).
+    (True when ``propagate_step`` is a pure function of its arguments and
+    ``encode`` may run in several threads at once, so propagation may encode
+    and step the up and down runs' next slices at once).
     ``encoder_backend`` is the requested backend (see :meth:`run_encoder`),
     ``last_encoder_backend`` the one the latest encode really ran (None
     before the first; ``"auto"`` resolved).

@@ -1,6 +1,7 @@
 """SlicePredictor: embed a slice once, answer many prompts cheaply."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -80,6 +81,7 @@ class SlicePredictor:
         self.window: Optional[Window] = None
         self.key: Optional[str] = None
         self.encoder_calls = 0
+        self._counts_lock = threading.Lock()
         self.memory_hits = 0
         self.disk_hits = 0
         self.last_set_image_ms = 0.0
@@ -222,6 +224,33 @@ class SlicePredictor:
         """
         t0 = time.perf_counter()
         image = np.asarray(image)
+        emb, key, win = self.embedding_for(image, window, modality)
+        self._embedding = emb
+        self._shape = tuple(image.shape[:2])
+        self.window = win
+        self.key = key
+        self.last_set_image_ms = (time.perf_counter() - t0) * 1000.0
+
+    def embedding_for(self, image: np.ndarray, window: Union[str, tuple, Window, None] = "auto",
+                      modality: Optional[str] = None) -> tuple:
+        """``image``'s embedding from the caches, or encoded and cached, without making it the current slice.
+
+        What :meth:`set_image` does short of that last step.  Safe to call
+        from several threads at once (the caches have their own locks;
+        ``model.encode`` must be too, as a family with ``parallel_steps``
+        declares), so propagation can encode two runs' next slices together.
+
+        Returns
+        -------
+        (embedding, key, window)
+            As the cache holds it (float16-rounded in that mode), its cache
+            key and the :class:`Window` applied.
+
+        Examples
+        --------
+        >>> emb, key, win = predictor.embedding_for(volume[31], window=win)   # doctest: +SKIP
+        """
+        image = np.asarray(image)
         if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
             raise SamlabError(f"set_image needs one 2D slice (y, x) or (y, x, C), got an array of shape {image.shape}: "
                               "pass volume[z] for a volume")
@@ -230,27 +259,26 @@ class SlicePredictor:
         key = embedding_key(image, win.key() if win is not None else "none", self.engine_key(disk))
         emb = self._memory.get(key)
         if emb is not None:
-            self.memory_hits += 1
+            self._count("memory_hits")
+            return emb, key, win
+        emb = disk.get(key) if disk is not None else None
+        if emb is not None:
+            self._count("disk_hits")
         else:
-            emb = disk.get(key) if disk is not None else None
-            if emb is not None:
-                self.disk_hits += 1
-            else:
-                emb = self.model.encode(apply_window(image, win))
-                self.encoder_calls += 1
-                if disk is not None:
-                    disk.put(key, emb)
-                    emb = disk.stored_form(emb)  # the same values a later disk hit gives
-            self._memory.put(key, emb)
-            # as the cache holds it (float16-rounded in that mode): a slice
-            # gives the same masks whether fresh or a later hit
-            cached = self._memory.get(key)
-            emb = cached if cached is not None else emb
-        self._embedding = emb
-        self._shape = tuple(image.shape[:2])
-        self.window = win
-        self.key = key
-        self.last_set_image_ms = (time.perf_counter() - t0) * 1000.0
+            emb = self.model.encode(apply_window(image, win))
+            self._count("encoder_calls")
+            if disk is not None:
+                disk.put(key, emb)
+                emb = disk.stored_form(emb)  # the same values a later disk hit gives
+        self._memory.put(key, emb)
+        # as the cache holds it (float16-rounded in that mode): a slice gives
+        # the same masks whether fresh or a later hit
+        cached = self._memory.get(key)
+        return (cached if cached is not None else emb), key, win
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def engine_key(self, disk=_KEEP) -> str:
         """What identifies the engine in embedding cache keys.

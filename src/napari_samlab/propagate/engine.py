@@ -319,8 +319,9 @@ class Engine:
         Each step reads only its own run's state, which the other runs of
         the round leave alone, so its result is what :meth:`step` would
         compute; a step the round's bookkeeping no longer takes (the other
-        run got there first, a stop slice) is dropped.  Encoding stays on
-        this thread: the predictor and its caches are not shared.
+        run got there first, a stop slice) is dropped.  Each thread also
+        encodes its slice (:meth:`SlicePredictor.embedding_for`, the same
+        cached embedding :meth:`~SlicePredictor.set_image` gives).
         """
         s = self.s
         todo = []
@@ -328,14 +329,17 @@ class Engine:
             z = r.cur + r.spec.step
             prior = self.track_prior(r) if r.active else None
             if (prior is None or (r.spec.step < 0 and z < r.spec.bound) or (r.spec.step > 0 and z > r.spec.bound)
-                    or z in s.stop_slices or z in self.visited):
-                continue
+                    or z in s.stop_slices or z in self.visited or any(z == t[1] for t in todo)):
+                continue  # (two runs meeting on one slice: the first takes it, the second stops there)
             todo.append((r, z, prior))
         if len(todo) < 2:
             return  # nothing to overlap: step() computes it as usual
         for r, z, prior in todo:
-            self.p.set_image(self.volume[z], window=self.win)
-            r.ahead = (z, pool.submit(self.track_step, self.p.embedding, prior, r.stats))
+            r.ahead = (z, pool.submit(self._encode_and_step, z, prior, r.stats))
+
+    def _encode_and_step(self, z: int, prior: np.ndarray, stats) -> Prediction:
+        emb, _, _ = self.p.embedding_for(self.volume[z], window=self.win)
+        return self.track_step(emb, prior, stats)
 
     def _pool(self, runs):
         import os
