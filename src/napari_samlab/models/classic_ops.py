@@ -8,12 +8,13 @@ signed-distance format of ``Prediction.low_res_logits``.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "ring_separation", "cut_negatives", "split_touching",
+__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "fill_holes", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "ring_separation", "cut_negatives", "split_touching",
            "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance", "follow_motion"]
 
 SDF_CLIP = 32.0
@@ -62,9 +63,53 @@ def dist_inside(mask: np.ndarray) -> np.ndarray:
     return ndi.distance_transform_edt(mask)
 
 
+# up to this radius a dilation is a few row passes (2r + 1 of them, cheap);
+# beyond it one distance transform is faster
+ROWS_MAX_R = 13
+
+
+@lru_cache(maxsize=64)
+def _disk_rows(r: int) -> tuple:
+    """``(dy, half_width)`` rows of the disk that :func:`grow` dilates by.
+
+    A pixel at offset ``(dy, dx)`` belongs when the distance transform's
+    float distance ``sqrt(dy**2 + dx**2)``, squared, is at most ``r*r + r``
+    (the test :func:`grow` applies to a distance map, rounding included):
+    the row passes then give the same pixels as the distance map.
+    """
+    limit = r * r + r
+    rows = []
+    for dy in range(r + 1):
+        w = -1
+        while float(np.sqrt(float(dy * dy + (w + 1) ** 2))) ** 2 <= limit:
+            w += 1
+        if w >= 0:
+            rows.append((dy, w))
+    return tuple(rows)
+
+
+def _dilate_rows(mask: np.ndarray, r: int) -> np.ndarray:
+    """Dilation by the disk of :func:`_disk_rows` (nothing beyond the border)."""
+    H = mask.shape[0]
+    out = np.zeros_like(mask)
+    wide = {}
+    for dy, w in _disk_rows(r):
+        h = wide.get(w)
+        if h is None:  # each row of the disk is a horizontal run: one 1D max filter per width
+            h = wide[w] = (ndi.maximum_filter1d(mask, 2 * w + 1, axis=1, mode="constant", cval=0)
+                           if w > 0 else mask)
+        if dy == 0:
+            out |= h
+        elif dy < H:
+            out[dy:] |= h[:H - dy]
+            out[:H - dy] |= h[dy:]
+    return out
+
+
 def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Dilation by ``disk(r)``, exactly, from the distance map (one pass,
-    whatever the radius: large disks cost as little as small ones).
+    """Dilation by ``disk(r)``, exactly, from the distance map ``d_out``
+    when the caller has it (one pass, whatever the radius); without it, the
+    same pixels from a few row passes (small ``r``) or one distance map.
 
     Examples
     --------
@@ -72,14 +117,44 @@ def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.nda
     >>> bool(np.array_equal(grow(m, 3), ndi.binary_dilation(m, disk(3))))
     True
     """
+    mask = np.asarray(mask, bool)
+    r = int(r)
+    if d_out is None and 0 <= r <= ROWS_MAX_R:
+        return _dilate_rows(mask, r)
     d = dist_outside(mask) if d_out is None else d_out
     return d * d <= r * r + r
 
 
 def shrink(mask: np.ndarray, r: int, d_in: Optional[np.ndarray] = None) -> np.ndarray:
     """Erosion by ``disk(r)`` (the image border does not erode)."""
+    mask = np.asarray(mask, bool)
+    r = int(r)
+    if d_in is None and 0 <= r <= ROWS_MAX_R:
+        return mask & ~_dilate_rows(~mask, r)
+    if d_in is None and mask.all():
+        return mask.copy()  # no background to erode from
     d = dist_inside(mask) if d_in is None else d_in
     return mask & (d * d > r * r + r)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` (4-connected background), from one labelling
+    instead of an iterated dilation: the same pixels at a fraction of the cost.
+
+    Examples
+    --------
+    >>> m = np.zeros((5, 5), bool); m[1:4, 1:4] = True; m[2, 2] = False
+    >>> bool(fill_holes(m)[2, 2])
+    True
+    """
+    mask = np.asarray(mask, bool)
+    lab, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, bool)  # background reaching the border is not a hole
+    outside[lab[0]] = outside[lab[-1]] = outside[lab[:, 0]] = outside[lab[:, -1]] = True
+    outside[0] = False
+    return ~outside[lab]
 
 
 def project(f: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:

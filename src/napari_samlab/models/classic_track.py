@@ -75,7 +75,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, follow_motion, grow, histogram,
+from .classic_ops import (best_threshold, crop_box, dist_inside, dist_outside, fill_holes, follow_motion, grow, histogram,
                           keep_overlapping, log_ratio, project_with, shrink)
 
 # the previous outline follows the image motion only where the prompted
@@ -89,14 +89,13 @@ MOTION_MIN_SEP = 1.0 / 3.0
 def _rings(m: np.ndarray, rad: float):
     """The object's interior and a ring of local background around it."""
     rb = int(np.clip(round(0.3 * rad), 3, 12))
-    d_out, d_in = dist_outside(m), dist_inside(m)
-    ring = grow(m, rb + 1, d_out) & ~grow(m, 1, d_out)
+    ring = grow(m, rb + 1) & ~grow(m, 1)
     # the interior sample stays clear of the outline (partial-volume rim, a
     # sliver of neighbour the mask took in): 1 px, up to 4 for large objects
-    inner = shrink(m, int(np.clip(round(0.05 * rad), 1, 4)), d_in)
+    inner = shrink(m, int(np.clip(round(0.05 * rad), 1, 4)))
     if inner.sum() < 4:
-        inner = shrink(m, 1, d_in)
-    band = grow(m, 4, d_out) & ~grow(m, 1, d_out)
+        inner = shrink(m, 1)
+    band = grow(m, 4) & ~grow(m, 1)
     return (inner if inner.sum() >= 4 else m), ring, band
 
 
@@ -211,8 +210,7 @@ def _contrast(L: np.ndarray, mask: np.ndarray, band: Optional[np.ndarray] = None
     if not mask.any():
         return -np.inf
     if band is None:
-        d = dist_outside(mask)
-        band = grow(mask, 4, d) & ~grow(mask, 1, d)
+        band = grow(mask, 4) & ~grow(mask, 1)
     return float(L[mask].mean()) - (float(L[band].mean()) if band.any() else 0.0)
 
 
@@ -244,7 +242,7 @@ def _cut(post, p, dist, r_reach, side):
         pad = r_close + 1
         closed = shrink(grow(np.pad(mask, pad), r_close), r_close)
         mask = closed[pad:-pad, pad:-pad] & z_reach
-    return ndi.binary_fill_holes(mask), leaked
+    return fill_holes(mask), leaked
 
 
 def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice_ratio: float = 1.0):
@@ -301,8 +299,7 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
         return None, dict(info, ended="vanished")
     anchor = st["anchor"]
     evidence = float(L[mask].mean())
-    d_new = dist_outside(mask)
-    band = grow(mask, 4, d_new) & ~grow(mask, 1, d_new)
+    band = grow(mask, 4) & ~grow(mask, 1)
     open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
     edge = _contrast(L, mask, band)
     info.update(evidence=evidence, open=open_frac, edge=edge)
