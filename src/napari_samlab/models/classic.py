@@ -22,9 +22,9 @@ real CT, MRI and microscopy data in ``shared/data`` (see
    thin bridges: scalp, vessels), close small gaps, fill holes, restrict to
    the box; move the edge to a fixed level between the object and the
    background just beyond it (partial-volume rims), cut off parts far
-   beyond the object's own intensity (bone beside a tumour).  After a
-   click, rays from it stop where they climb into a touching neighbour and
-   a watershed splits what is left of a clump.  Negative clicks split the
+   beyond the object's own intensity (bone beside a tumour).  A click fills
+   only holes smaller than its object (not a lung); rays from it stop where
+   they climb into a touching neighbour, a watershed splits a clump.  Negative clicks split the
    mask by a seeded watershed on the gradient and remove their share.
 5. **Faint objects.**  Where the result's score (separability x edge
    contrast) is low, a box prompt's own shape decides more: likelihood plus
@@ -67,7 +67,7 @@ from .classic_click import segment_click
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "5"
+ALGORITHM_VERSION = "6"
 TINY = 4  # boxes narrower than this are returned filled
 
 class ClassicModel(SegmentationModel):

@@ -77,7 +77,7 @@ def segment_click(feat: np.ndarray, grad: np.ndarray, p, pos, neg, params: dict)
         if not open_edge or r >= max(H, W):
             break
         r = int(r * 1.6) + 1
-    comp = ndi.binary_fill_holes(comp)
+    comp = _fill_small_holes(comp, (ly, lx))
     contrast = obj_level - bg_level
     gn = (g - bg_level) / contrast if abs(contrast) > 1e-9 else np.zeros_like(g)
     comp = ray_cut(comp, (ly, lx), gn, params["ray_rise"])
@@ -89,3 +89,26 @@ def segment_click(feat: np.ndarray, grad: np.ndarray, p, pos, neg, params: dict)
     full[r0:r1, c0:c1] = comp
     sep = best_threshold(g[comp], g[~comp])[2] if comp.any() and (~comp).any() else 0.0
     return full, sep * edge_contrast(grad[r0:r1, c0:c1], comp)
+
+
+def _fill_small_holes(comp: np.ndarray, seed) -> np.ndarray:
+    """Fill the holes of ``comp`` smaller than the clicked object itself.
+
+    The clicked object's size is the disk of the component's depth at the
+    click (distance to its edge).  A nucleolus or a dark core inside a
+    nucleus is smaller than that and belongs to the object; a lung that
+    the soft tissue around a clicked tumour encloses is far larger and
+    stays background, so the cuts that follow can find the tumour.
+    """
+    filled = ndi.binary_fill_holes(comp)
+    holes = filled & ~comp
+    if not holes.any():
+        return filled
+    sy, sx = seed
+    depth = ndi.distance_transform_edt(comp)
+    r = float(depth[max(sy - 2, 0):sy + 3, max(sx - 2, 0):sx + 3].max())
+    lab, n = ndi.label(holes)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    small = sizes <= np.pi * r * r
+    small[0] = False
+    return comp | small[lab]
