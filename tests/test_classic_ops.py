@@ -1,7 +1,8 @@
 """The classic engine's fast morphology gives the pixels of the slow one.
 
-Propagation runs its openings, closings and bands through row passes and a
-labelling instead of distance maps and iterated dilations; every mask must
+Propagation and the 2D recipe run their openings, closings and bands
+through row passes and a labelling instead of distance maps, SciPy's
+structuring-element morphology and iterated dilations; every mask must
 stay the same, so each fast path is compared with the reference it
 replaced on many random masks (sizes down to one row, radii 0..ROWS_MAX_R,
 the rounding of ``d * d <= r * r + r`` included).
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_samlab.models.classic_ops import (ROWS_MAX_R, dist_inside, dist_outside, fill_holes, grow,
-                                              shrink)
+from napari_samlab.models.classic_ops import (ROWS_MAX_R, dilate_disk, disk, dist_inside, dist_outside,
+                                              erode_disk, fill_holes, grow, shrink)
 
 
 def _masks(seed: int, n: int):
@@ -51,3 +52,13 @@ def test_shrink_keeps_a_mask_without_background():
 def test_fill_holes_matches_scipy():
     for m in _masks(99, 400):
         assert np.array_equal(fill_holes(m), ndi.binary_fill_holes(m))
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 4, 6, 9, 14])
+def test_disk_morphology_matches_scipy(r):
+    fp = disk(r)
+    for m in _masks(100 + r, 40):
+        assert np.array_equal(dilate_disk(m, r), ndi.binary_dilation(m, fp))
+        assert np.array_equal(erode_disk(m, r), ndi.binary_erosion(m, fp))  # the border erodes there too
+        assert np.array_equal(dilate_disk(erode_disk(m, r), r), ndi.binary_opening(m, fp))
+        assert np.array_equal(erode_disk(dilate_disk(m, r), r), ndi.binary_closing(m, fp))

@@ -59,8 +59,8 @@ from scipy import ndimage as ndi
 
 from ..errors import SamlabError
 from .base import Prediction, Prompt, SegmentationModel
-from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, disk, edge_contrast, project, ring_separation,
-                          signed_distance)
+from .classic_ops import (best_threshold, box_prior_mask, crop_box, cut_negatives, dilate_disk, edge_contrast, erode_disk,
+                          fill_holes, project, ring_separation, signed_distance)
 from . import classic_track
 from .classic_click import segment_click
 
@@ -560,7 +560,7 @@ class ClassicModel(SegmentationModel):
         """
         if self.trim <= 0 or not mask.any():
             return mask
-        core = ndi.binary_erosion(mask, disk(2))
+        core = erode_disk(mask, 2)
         if core.sum() < 20:
             return mask
         v = sign * g[core]
@@ -584,13 +584,13 @@ class ClassicModel(SegmentationModel):
             return mask
         side = min(inbox.any(1).sum(), inbox.any(0).sum())
         r = int(np.clip(round(self.grow * side), 2, 6))
-        near = ndi.binary_dilation(mask, disk(r)) & ~mask
+        near = dilate_disk(mask, r) & ~mask
         # background level from beyond the partial-volume rim
-        far = ndi.binary_dilation(mask, disk(2 * r + 2)) & ~ndi.binary_dilation(mask, disk(r))
+        far = dilate_disk(mask, 2 * r + 2) & ~(near | mask)
         far = far if far.any() else near
         if not near.any() or not far.any():
             return mask
-        inner = ndi.binary_erosion(mask, disk(2))
+        inner = erode_disk(mask, 2)
         inner = inner if inner.any() else mask
         g_far = float(np.median(g[far]))
         t_mid = g_far + self.edge_level * (float(np.median(g[inner])) - g_far)
@@ -604,16 +604,16 @@ class ClassicModel(SegmentationModel):
         grown = np.isin(lab, ids[ids > 0]) & (cand | mask)
         if self.shrink > 0:
             # and back in where the first threshold overshot into the background
-            rim = mask & ~ndi.binary_erosion(mask, disk(self.shrink))
+            rim = mask & ~erode_disk(mask, self.shrink)
             grown &= ~(rim & (sign * (g - t_mid) <= 0))
-        return ndi.binary_fill_holes(grown)
+        return fill_holes(grown)
 
     def _shape_box(self, obj, inbox, lpos, lneg, prior, g=None, sign=1.0):
         bh = inbox.any(1).sum()
         bw = inbox.any(0).sum()
         side = min(bh, bw)
         r_open = int(np.clip(round(0.02 * side), 1, 4))
-        o = ndi.binary_opening(obj, disk(r_open))
+        o = dilate_disk(erode_disk(obj, r_open), r_open)
         o = o if o.any() else obj
         lab, n = ndi.label(o)
         if n == 0:
@@ -640,14 +640,14 @@ class ClassicModel(SegmentationModel):
             keep.update(int(i) + 1 for i in np.nonzero(areas >= self.keep_fraction * areas[main])[0])
         mask = np.isin(lab, list(keep))
         # reconstruct what the opening shaved off the kept part (edges, not bridges)
-        mask = obj & ndi.binary_dilation(mask, disk(r_open))
+        mask = obj & dilate_disk(mask, r_open)
         r_close = int(np.clip(round(self.close_fraction * side), 0, 8))
         if r_close:
             # close sulci / spiculation gaps; pad so the box edge does not erode it
             pad = r_close + 1
             mp = np.pad(mask, pad)
-            mask = ndi.binary_closing(mp, disk(r_close))[pad:-pad, pad:-pad]
-        mask = ndi.binary_fill_holes(mask)
+            mask = erode_disk(dilate_disk(mp, r_close), r_close)[pad:-pad, pad:-pad]
+        mask = fill_holes(mask)
         mask = cut_negatives(mask, lpos, lneg, None if g is None else sign * g)
         return mask & inbox
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .classic_ops import best_threshold, cut_negatives, edge_contrast, project, ray_cut, split_touching
+from .classic_ops import best_threshold, cut_negatives, edge_contrast, fill_holes, project, ray_cut, split_touching
 
 __all__ = ["segment_click"]
 
@@ -100,7 +100,7 @@ def _fill_small_holes(comp: np.ndarray, seed) -> np.ndarray:
     the soft tissue around a clicked tumour encloses is far larger and
     stays background, so the cuts that follow can find the tumour.
     """
-    filled = ndi.binary_fill_holes(comp)
+    filled = fill_holes(comp)
     holes = filled & ~comp
     if not holes.any():
         return filled

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "fill_holes", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "ring_separation", "cut_negatives", "split_touching",
+__all__ = ["SDF_CLIP", "BINS", "L_CLIP", "histogram", "log_ratio", "box_prior_mask", "disk", "grow", "shrink", "dilate_disk", "erode_disk", "fill_holes", "dist_outside", "dist_inside", "project", "best_threshold", "edge_contrast", "ring_separation", "cut_negatives", "split_touching",
            "ray_cut", "crop_box", "project_with", "keep_overlapping", "signed_distance", "follow_motion"]
 
 SDF_CLIP = 32.0
@@ -88,12 +88,20 @@ def _disk_rows(r: int) -> tuple:
     return tuple(rows)
 
 
-def _dilate_rows(mask: np.ndarray, r: int) -> np.ndarray:
-    """Dilation by the disk of :func:`_disk_rows` (nothing beyond the border)."""
+@lru_cache(maxsize=64)
+def _footprint_rows(r: int) -> tuple:
+    """``(dy, half_width)`` rows of :func:`disk` ``(r)`` itself (integer test)."""
+    fp = disk(r)
+    return tuple((dy, int(fp[r + dy].sum()) // 2) for dy in range(r + 1) if fp[r + dy].any())
+
+
+def _dilate_rows(mask: np.ndarray, r: int, rows: Optional[tuple] = None) -> np.ndarray:
+    """Dilation by the disk of :func:`_disk_rows` (or by ``rows``; nothing
+    beyond the border)."""
     H = mask.shape[0]
     out = np.zeros_like(mask)
     wide = {}
-    for dy, w in _disk_rows(r):
+    for dy, w in (_disk_rows(r) if rows is None else rows):
         h = wide.get(w)
         if h is None:  # each row of the disk is a horizontal run: one 1D max filter per width
             h = wide[w] = (ndi.maximum_filter1d(mask, 2 * w + 1, axis=1, mode="constant", cval=0)
@@ -135,6 +143,31 @@ def shrink(mask: np.ndarray, r: int, d_in: Optional[np.ndarray] = None) -> np.nd
         return mask.copy()  # no background to erode from
     d = dist_inside(mask) if d_in is None else d_in
     return mask & (d * d > r * r + r)
+
+
+def dilate_disk(mask: np.ndarray, r: int) -> np.ndarray:
+    """``ndi.binary_dilation(mask, disk(r))``, the same pixels from row passes.
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9), bool); m[4, 4] = True
+    >>> bool(np.array_equal(dilate_disk(m, 4), ndi.binary_dilation(m, disk(4))))
+    True
+    """
+    mask = np.asarray(mask, bool)
+    r = int(r)
+    return _dilate_rows(mask, r, _footprint_rows(r)) if r > 0 else mask.copy()
+
+
+def erode_disk(mask: np.ndarray, r: int) -> np.ndarray:
+    """``ndi.binary_erosion(mask, disk(r))`` (the image border erodes, as
+    there), the same pixels from row passes."""
+    mask = np.asarray(mask, bool)
+    r = int(r)
+    if r <= 0:
+        return mask.copy()
+    outside = ~np.pad(mask, r)  # beyond the border counts as background
+    return ~_dilate_rows(outside, r, _footprint_rows(r))[r:-r, r:-r]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -371,7 +404,7 @@ def ray_cut(comp: np.ndarray, seed, g: np.ndarray, rise: float = 0.15, n_rays: i
     lab, _ = ndi.label(cut)
     if not lab[sy, sx]:
         return comp
-    return ndi.binary_fill_holes(lab == lab[sy, sx])
+    return fill_holes(lab == lab[sy, sx])
 
 
 def crop_box(mask: np.ndarray, pad: int):
@@ -478,7 +511,7 @@ def box_prior_mask(g: np.ndarray, mask: np.ndarray, inbox: np.ndarray, weight: f
         return mask
     areas = np.bincount(lab.ravel())[1:]
     out = np.isin(lab, np.flatnonzero(areas >= keep * areas.max()) + 1)
-    return ndi.binary_fill_holes(out)
+    return fill_holes(out)
 
 
 def follow_motion(before: np.ndarray, after: np.ndarray, sdf: np.ndarray, size: int = 32,
