@@ -23,9 +23,9 @@ real CT, MRI and microscopy data in ``shared/data`` (see
    the box; move the edge to a fixed level between the object and the
    background just beyond it (partial-volume rims), cut off parts far
    beyond the object's own intensity (bone beside a tumour).  A click fills
-   only holes smaller than its object (not a lung); rays from it stop where
-   they climb into a touching neighbour, a watershed splits a clump.  Negative clicks split the
-   mask by a seeded watershed on the gradient and remove their share.
+   only holes smaller than its object (not a lung); its rays stop where they
+   climb into a neighbour, a watershed splits a clump.  Negative clicks split
+   the mask by a seeded watershed on the gradient and remove their share.
 5. **Faint objects.**  Where the result's score (separability x edge
    contrast) is low, a box prompt's own shape decides more: likelihood plus
    a superellipse prior inscribed in the box (deep grey matter on T1).

@@ -95,7 +95,8 @@ def _fill_small_holes(comp: np.ndarray, seed) -> np.ndarray:
     """Fill the holes of ``comp`` smaller than the clicked object itself.
 
     The clicked object's size is the disk of the component's depth at the
-    click (distance to its edge).  A nucleolus or a dark core inside a
+    click (distance to its edge, the deepest of the 5 x 5 pixels around
+    the click: one dark pixel beside it must not shrink it).  A nucleolus or a dark core inside a
     nucleus is smaller than that and belongs to the object; a lung that
     the soft tissue around a clicked tumour encloses is far larger and
     stays background, so the cuts that follow can find the tumour.

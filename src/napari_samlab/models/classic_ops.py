@@ -115,9 +115,13 @@ def _dilate_rows(mask: np.ndarray, r: int, rows: Optional[tuple] = None) -> np.n
 
 
 def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Dilation by ``disk(r)``, exactly, from the distance map ``d_out``
-    when the caller has it (one pass, whatever the radius); without it, the
-    same pixels from a few row passes (small ``r``) or one distance map.
+    """Dilation by a disk of radius ``r``: the pixels whose distance ``d``
+    to the mask has ``d * d <= r * r + r`` in floating point, from the
+    distance map ``d_out`` when the caller has it (one pass, whatever the
+    radius); without it, the same pixels from a few row passes (small
+    ``r``) or one distance map.  Rounding leaves out the rim offsets of
+    :func:`disk` ``(r)`` whose squared length is exactly ``r * r + r``
+    (r = 1, 4, ...): :func:`dilate_disk` is SciPy's ``disk(r)`` dilation.
 
     Examples
     --------
