@@ -429,3 +429,19 @@ def test_classic_track_on_a_synthetic_ellipsoid():
     res, *_ = run(truth, model=ClassicModel())
     assert dice(res.mask, truth) >= 0.9
     assert set(res.stop_reasons.values()) <= {"empty", "low_iou", "area_jump", "intensity"}
+
+
+def test_contained_on_a_crop_matches_the_whole_slice():
+    # the engine dilates only the masks' bounding box plus the tolerance
+    from scipy import ndimage as ndi
+
+    from napari_samlab.propagate.engine import _contained
+
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        h, w = rng.integers(1, 30, 2)
+        a = rng.random((h, w)) < rng.uniform(0, 0.5)
+        b = ndi.binary_dilation(a, iterations=int(rng.integers(0, 3))) if i % 2 else rng.random((h, w)) < 0.2
+        for tol in (1, 2, 3):
+            whole = (a & ndi.binary_dilation(b, iterations=tol)).sum() >= 0.9 * a.sum()
+            assert _contained(a, b, tol, 0.9) == whole

@@ -26,8 +26,15 @@ def _contained(mask: np.ndarray, ref: np.ndarray, tol: int = 2, fraction: float 
     """True when ``fraction`` of ``mask`` lies within ``tol`` pixels of ``ref``."""
     from scipy import ndimage as ndi
 
-    grown = ndi.binary_dilation(ref, iterations=tol)
-    return float(np.logical_and(mask, grown).sum()) >= fraction * float(mask.sum())
+    both = mask | ref
+    if not both.any():
+        return True
+    # only the pixels within ``tol`` of either mask matter: dilate that crop
+    rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
+    r0, r1 = max(int(rows[0]) - tol, 0), int(rows[-1]) + tol + 1
+    c0, c1 = max(int(cols[0]) - tol, 0), int(cols[-1]) + tol + 1
+    grown = ndi.binary_dilation(ref[r0:r1, c0:c1], iterations=tol)
+    return float(np.logical_and(mask[r0:r1, c0:c1], grown).sum()) >= fraction * float(mask.sum())
 
 
 def _takes(fn, name: str) -> bool:
