@@ -411,3 +411,16 @@ def test_faint_object_leans_on_the_box_shape(seed):
     nxt = m.propagate_step(m.encode(img), pred.mask, pred.extra["stats"])
     ref = m.propagate_step(m.encode(img), plain.mask, plain.extra["stats"])
     assert np.array_equal(nxt.mask, ref.mask)
+
+
+def test_propagate_step_without_logits_gives_the_same_mask():
+    # propagation's track path asks for no logits (two distance transforms a slice)
+    yy, xx = np.mgrid[:60, :60]
+    m = ClassicModel()
+    a = m.encode(np.where((yy - 30) ** 2 + (xx - 30) ** 2 <= 144, 200, 20).astype(np.uint8))
+    b = m.encode(np.where((yy - 31) ** 2 + (xx - 30) ** 2 <= 100, 200, 20).astype(np.uint8))
+    first = m.decode(a, Prompt(box=(16, 16, 44, 44)))
+    full = m.propagate_step(b, first.mask, first.extra["stats"])
+    bare = m.propagate_step(b, first.mask, first.extra["stats"], logits=False)
+    assert np.array_equal(full.mask, bare.mask) and full.score == bare.score
+    assert bare.low_res_logits is None and full.low_res_logits.shape == (60, 60)

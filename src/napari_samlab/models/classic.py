@@ -391,7 +391,7 @@ class ClassicModel(SegmentationModel):
         return classic_track.object_stats(embedding, mask, prev)
 
     def propagate_step(self, embedding: dict, prev_mask: np.ndarray, prev_stats: Optional[dict] = None,
-                       slice_ratio: float = 1.0) -> Prediction:
+                       slice_ratio: float = 1.0, logits: bool = True) -> Prediction:
         """The object of ``prev_mask`` (the neighbouring slice's result) on this slice.
 
         The object's appearance (learned on the prompted slice, updated
@@ -407,11 +407,12 @@ class ClassicModel(SegmentationModel):
             The previous slice's mask.
         prev_stats : dict, optional
             :meth:`object_stats` of the previous slice (``extra["stats"]``
-            of the previous prediction); None estimates them from
-            ``prev_mask`` on this slice.
+            of the previous prediction); None estimates them from ``prev_mask``.
         slice_ratio : float
             Slice spacing over pixel size (``PropagationSettings.slice_ratio``):
             on thick slices the object may move and grow further.
+        logits : bool
+            False: ``low_res_logits`` None (propagation never reads it there).
 
         Returns
         -------
@@ -437,7 +438,7 @@ class ClassicModel(SegmentationModel):
         empty = np.zeros((H, W), bool)
 
         def ended(why, **info):
-            return Prediction(mask=empty, score=0.0, low_res_logits=signed_distance(empty),
+            return Prediction(mask=empty, score=0.0, low_res_logits=signed_distance(empty) if logits else None,
                               extra=dict(info, stats=None, ended=why, flags=set(info.get("flags", ()))))
 
         seed = (prev_stats or {}).get("seed")
@@ -455,8 +456,8 @@ class ClassicModel(SegmentationModel):
         (r0, r1, c0, c1), m = crop_box(full, 2)
         e_con = edge_contrast(embedding["gradient"][r0:r1, c0:c1], m)
         score = (stats["sep"] if stats else 0.0) * e_con
-        return Prediction(mask=full, score=float(np.clip(score, 0, 1)), low_res_logits=signed_distance(full),
-                          extra=dict(info, stats=stats, ended=None))
+        return Prediction(mask=full, score=float(np.clip(score, 0, 1)),
+                          low_res_logits=signed_distance(full) if logits else None, extra=dict(info, stats=stats, ended=None))
     def _segment_box(self, feat, grad, box, pos, neg, prior):
         H, W = feat.shape[:2]
         x0, y0, x1, y1 = box

@@ -96,6 +96,9 @@ class Engine:
         self.anchor_stats = {}
         self.slice_ratio = settings.slice_ratio()
         self._step_takes_ratio = self.track and _takes(self.model.propagate_step, "slice_ratio")
+        # the track path never prompts with the previous logits: a step that
+        # can skip them (two distance transforms a slice for classic) does
+        self._step_takes_logits = self.track and _takes(self.model.propagate_step, "logits")
 
     # -- helpers ------------------------------------------------------
     def write(self, z: int, mask: np.ndarray) -> np.ndarray:
@@ -305,7 +308,9 @@ class Engine:
         run.max_area = max(run.max_area, int(written.sum()))
         run.prev = run.ref = written
         run.stats = (pred.extra or {}).get("stats") if np.array_equal(written, mask) else None
-        run.logits = pred.low_res_logits if pred.low_res_logits is not None else mask_prompt(self.model, written)
+        # (only next_prompt reads them, and the track path does not prompt)
+        run.logits = (pred.low_res_logits if pred.low_res_logits is not None or self.track
+                      else mask_prompt(self.model, written))
         run.cur = run.last_kept = z
         return None
 
@@ -318,6 +323,8 @@ class Engine:
 
     def track_step(self, embedding: dict, prior: np.ndarray, stats) -> Prediction:
         extra = {"slice_ratio": self.slice_ratio} if self._step_takes_ratio else {}
+        if self._step_takes_logits:
+            extra["logits"] = False
         return self.model.propagate_step(embedding, prior, stats, **extra)
 
     def _steps_ahead(self, pool, runs) -> None:
