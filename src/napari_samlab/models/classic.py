@@ -444,9 +444,8 @@ class ClassicModel(SegmentationModel):
         seed = (prev_stats or {}).get("seed")
         if seed is not None and np.shape(seed) == P.shape:
             P = np.asarray(seed, bool)  # the prompted slice's intensity mask (decode)
-        if int(P.sum()) < 4:
-            return ended("no previous mask")
-        st = prev_stats if prev_stats is not None and "anchor" in prev_stats else self.object_stats(embedding, P)
+        st = (None if int(P.sum()) < 4 else prev_stats if prev_stats is not None and "anchor" in prev_stats
+              else self.object_stats(embedding, P))
         if st is None:
             return ended("no previous mask")
         full, info = classic_track.propagate_step(self.params, embedding, P, st, slice_ratio)
@@ -455,9 +454,9 @@ class ClassicModel(SegmentationModel):
         stats = self.object_stats(embedding, full, prev=dict(st, _change=info.get("change", 0.0)))
         (r0, r1, c0, c1), m = crop_box(full, 2)
         e_con = edge_contrast(embedding["gradient"][r0:r1, c0:c1], m)
-        score = (stats["sep"] if stats else 0.0) * e_con
-        return Prediction(mask=full, score=float(np.clip(score, 0, 1)),
-                          low_res_logits=signed_distance(full) if logits else None, extra=dict(info, stats=stats, ended=None))
+        score = float(np.clip((stats["sep"] if stats else 0.0) * e_con, 0, 1))
+        return Prediction(mask=full, score=score, low_res_logits=signed_distance(full) if logits else None,
+                          extra=dict(info, stats=stats, ended=None))
     def _segment_box(self, feat, grad, box, pos, neg, prior):
         H, W = feat.shape[:2]
         x0, y0, x1, y1 = box
