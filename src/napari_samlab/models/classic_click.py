@@ -96,10 +96,11 @@ def _fill_small_holes(comp: np.ndarray, seed) -> np.ndarray:
 
     The clicked object's size is the disk of the component's depth at the
     click (distance to its edge, the deepest of the 5 x 5 pixels around
-    the click: one dark pixel beside it must not shrink it).  A nucleolus or a dark core inside a
-    nucleus is smaller than that and belongs to the object; a lung that
-    the soft tissue around a clicked tumour encloses is far larger and
-    stays background, so the cuts that follow can find the tumour.
+    the click: one dark pixel beside it must not shrink it).  A nucleolus
+    or a dark core inside a nucleus is smaller than that and belongs to
+    the object; a lung that the soft tissue around a clicked tumour
+    encloses is far larger and stays background, so the cuts that follow
+    can find the tumour.
     """
     filled = fill_holes(comp)
     holes = filled & ~comp

@@ -95,13 +95,13 @@ def _footprint_rows(r: int) -> tuple:
     return tuple((dy, int(fp[r + dy].sum()) // 2) for dy in range(r + 1) if fp[r + dy].any())
 
 
-def _dilate_rows(mask: np.ndarray, r: int, rows: Optional[tuple] = None) -> np.ndarray:
-    """Dilation by the disk of :func:`_disk_rows` (or by ``rows``; nothing
-    beyond the border)."""
+def _dilate_rows(mask: np.ndarray, rows: tuple) -> np.ndarray:
+    """Dilation by the disk whose ``(dy, half_width)`` rows are ``rows``
+    (:func:`_disk_rows`, :func:`_footprint_rows`; nothing beyond the border)."""
     H = mask.shape[0]
     out = np.zeros_like(mask)
     wide = {}
-    for dy, w in (_disk_rows(r) if rows is None else rows):
+    for dy, w in rows:
         h = wide.get(w)
         if h is None:  # each row of the disk is a horizontal run: one 1D max filter per width
             h = wide[w] = (ndi.maximum_filter1d(mask, 2 * w + 1, axis=1, mode="constant", cval=0)
@@ -114,14 +114,13 @@ def _dilate_rows(mask: np.ndarray, r: int, rows: Optional[tuple] = None) -> np.n
     return out
 
 
-def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.ndarray:
+def grow(mask: np.ndarray, r: int) -> np.ndarray:
     """Dilation by a disk of radius ``r``: the pixels whose distance ``d``
-    to the mask has ``d * d <= r * r + r`` in floating point, from the
-    distance map ``d_out`` when the caller has it (one pass, whatever the
-    radius); without it, the same pixels from a few row passes (small
-    ``r``) or one distance map.  Rounding leaves out the rim offsets of
-    :func:`disk` ``(r)`` whose squared length is exactly ``r * r + r``
-    (r = 1, 4, ...): :func:`dilate_disk` is SciPy's ``disk(r)`` dilation.
+    to the mask has ``d * d <= r * r + r`` in floating point, from a few
+    row passes (small ``r``) or one distance map (large ``r``; the same
+    pixels).  Rounding leaves out the rim offsets of :func:`disk` ``(r)``
+    whose squared length is exactly ``r * r + r`` (r = 1, 4, ...):
+    :func:`dilate_disk` is SciPy's ``disk(r)`` dilation.
 
     Examples
     --------
@@ -131,21 +130,21 @@ def grow(mask: np.ndarray, r: int, d_out: Optional[np.ndarray] = None) -> np.nda
     """
     mask = np.asarray(mask, bool)
     r = int(r)
-    if d_out is None and 0 <= r <= ROWS_MAX_R:
-        return _dilate_rows(mask, r)
-    d = dist_outside(mask) if d_out is None else d_out
+    if 0 <= r <= ROWS_MAX_R:
+        return _dilate_rows(mask, _disk_rows(r))
+    d = dist_outside(mask)
     return d * d <= r * r + r
 
 
-def shrink(mask: np.ndarray, r: int, d_in: Optional[np.ndarray] = None) -> np.ndarray:
-    """Erosion by ``disk(r)`` (the image border does not erode)."""
+def shrink(mask: np.ndarray, r: int) -> np.ndarray:
+    """Erosion by the disk of :func:`grow` (the image border does not erode)."""
     mask = np.asarray(mask, bool)
     r = int(r)
-    if d_in is None and 0 <= r <= ROWS_MAX_R:
-        return mask & ~_dilate_rows(~mask, r)
-    if d_in is None and mask.all():
+    if 0 <= r <= ROWS_MAX_R:
+        return mask & ~_dilate_rows(~mask, _disk_rows(r))
+    if mask.all():
         return mask.copy()  # no background to erode from
-    d = dist_inside(mask) if d_in is None else d_in
+    d = dist_inside(mask)
     return mask & (d * d > r * r + r)
 
 
@@ -160,7 +159,7 @@ def dilate_disk(mask: np.ndarray, r: int) -> np.ndarray:
     """
     mask = np.asarray(mask, bool)
     r = int(r)
-    return _dilate_rows(mask, r, _footprint_rows(r)) if r > 0 else mask.copy()
+    return _dilate_rows(mask, _footprint_rows(r)) if r > 0 else mask.copy()
 
 
 def erode_disk(mask: np.ndarray, r: int) -> np.ndarray:
@@ -171,7 +170,7 @@ def erode_disk(mask: np.ndarray, r: int) -> np.ndarray:
     if r <= 0:
         return mask.copy()
     outside = ~np.pad(mask, r)  # beyond the border counts as background
-    return ~_dilate_rows(outside, r, _footprint_rows(r))[r:-r, r:-r]
+    return ~_dilate_rows(outside, _footprint_rows(r))[r:-r, r:-r]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

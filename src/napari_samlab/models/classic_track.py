@@ -89,13 +89,14 @@ MOTION_MIN_SEP = 1.0 / 3.0
 def _rings(m: np.ndarray, rad: float):
     """The object's interior and a ring of local background around it."""
     rb = int(np.clip(round(0.3 * rad), 3, 12))
-    ring = grow(m, rb + 1) & ~grow(m, 1)
+    rim = grow(m, 1)
+    ring = grow(m, rb + 1) & ~rim
     # the interior sample stays clear of the outline (partial-volume rim, a
     # sliver of neighbour the mask took in): 1 px, up to 4 for large objects
     inner = shrink(m, int(np.clip(round(0.05 * rad), 1, 4)))
     if inner.sum() < 4:
         inner = shrink(m, 1)
-    band = grow(m, 4) & ~grow(m, 1)
+    band = grow(m, 4) & ~rim
     return (inner if inner.sum() >= 4 else m), ring, band
 
 

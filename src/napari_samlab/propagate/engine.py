@@ -26,15 +26,13 @@ def _contained(mask: np.ndarray, ref: np.ndarray, tol: int = 2, fraction: float 
     """True when ``fraction`` of ``mask`` lies within ``tol`` pixels of ``ref``."""
     from scipy import ndimage as ndi
 
-    both = mask | ref
-    if not both.any():
-        return True
+    box = bbox(mask | ref, tol)
+    if box is None:
+        return True  # both empty
     # only the pixels within ``tol`` of either mask matter: dilate that crop
-    rows, cols = np.flatnonzero(both.any(1)), np.flatnonzero(both.any(0))
-    r0, r1 = max(int(rows[0]) - tol, 0), int(rows[-1]) + tol + 1
-    c0, c1 = max(int(cols[0]) - tol, 0), int(cols[-1]) + tol + 1
-    grown = ndi.binary_dilation(ref[r0:r1, c0:c1], iterations=tol)
-    return float(np.logical_and(mask[r0:r1, c0:c1], grown).sum()) >= fraction * float(mask.sum())
+    x0, y0, x1, y1 = box
+    grown = ndi.binary_dilation(ref[y0:y1 + 1, x0:x1 + 1], iterations=tol)
+    return float(np.logical_and(mask[y0:y1 + 1, x0:x1 + 1], grown).sum()) >= fraction * float(mask.sum())
 
 
 def _takes(fn, name: str) -> bool:
