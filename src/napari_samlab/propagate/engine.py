@@ -209,7 +209,7 @@ class Engine:
                       mask_input=mask_in)
 
     # -- one step --------------------------------------------------------
-    def stop(self, run: RunState, reason: str, z=None, value=None):
+    def stop(self, run: RunState, reason: str, z=None, value=None, detail=None):
         run.active = False
         if reason in RULES or reason == "cancelled":
             # trailing empty slices are where the object ended, not slices to keep
@@ -226,7 +226,7 @@ class Engine:
                 rec.flags.add("stopped_here")
             elif reason in ("volume_end", "z_limit") and rec.area > 0:
                 rec.flags.add("edge")
-        self.stops.append(StopInfo(run.spec.direction, run.spec.start, reason, z, value, run.last_kept))
+        self.stops.append(StopInfo(run.spec.direction, run.spec.start, reason, z, value, run.last_kept, detail))
 
     def step(self, run: RunState):
         s = self.s
@@ -267,7 +267,7 @@ class Engine:
         self.tick(z)
         if area == 0:
             if len(run.empty_run) + 1 >= s.max_empty:
-                return self.stop(run, "empty", z, float(len(run.empty_run) + 1))
+                return self.stop(run, "empty", z, float(len(run.empty_run) + 1), (pred.extra or {}).get("ended"))
             written = self.write(z, mask)
             self.visited.add(z)
             self.records[z] = SliceRecord(z, score, 0.0, int(written.sum()), 0.0, "propagated", {"empty"}, spec.start)

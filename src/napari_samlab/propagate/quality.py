@@ -120,11 +120,16 @@ class StopInfo:
         The measured value that broke the rule (IoU, ratio, score, count).
     last_kept : int or None
         The last slice the run kept.
+    detail : str or None
+        The model's own reason, where it ended the object itself (the
+        classic engine's ``extra["ended"]``, e.g. ``"evidence collapsed"``).
 
     Examples
     --------
     >>> StopInfo("up", 10, "low_iou", z=17, value=0.05, last_kept=16).describe()
     'up from 10: stopped at z=17: low_iou (0.05)'
+    >>> StopInfo("up", 10, "empty", z=17, value=1, last_kept=16, detail="depth limit").describe()
+    'up from 10: stopped at z=17: empty (1): depth limit'
     """
 
     direction: str
@@ -133,6 +138,7 @@ class StopInfo:
     z: Optional[int] = None
     value: Optional[float] = None
     last_kept: Optional[int] = None
+    detail: Optional[str] = None
 
     @property
     def rule_fired(self) -> bool:
@@ -143,7 +149,8 @@ class StopInfo:
         """One line, e.g. for the CLI."""
         where = "" if self.z is None else f" at z={self.z}"
         val = "" if self.value is None else f" ({self.value:.3g})"
-        return f"{self.direction} from {self.start}: stopped{where}: {self.reason}{val}"
+        why = "" if not self.detail else f": {self.detail}"
+        return f"{self.direction} from {self.start}: stopped{where}: {self.reason}{val}{why}"
 
 
 # ----------------------------------------------------------------------

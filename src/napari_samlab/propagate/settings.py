@@ -207,18 +207,28 @@ class PropagationResult:
         before = [f for f in flagged if f < z]
         return before[-1] if before else (flagged[-1] if wrap else None)
 
-    @property
-    def stop_reasons(self) -> dict:
-        """``{"down": reason, "up": reason}`` of the two outermost runs."""
+    def _outer_stops(self) -> dict:
+        """``{"down": StopInfo, "up": StopInfo}`` of the two outermost runs."""
         out = {}
         if self.anchors:
             lo, hi = min(self.anchors), max(self.anchors)
             for s in self.stops:
                 if s.direction == "down" and s.start == lo:
-                    out["down"] = s.reason
+                    out["down"] = s
                 if s.direction == "up" and s.start == hi:
-                    out["up"] = s.reason
+                    out["up"] = s
         return out
+
+    @property
+    def stop_reasons(self) -> dict:
+        """``{"down": reason, "up": reason}`` of the two outermost runs."""
+        return {k: s.reason for k, s in self._outer_stops().items()}
+
+    @property
+    def stop_details(self) -> dict:
+        """The model's own reasons (``StopInfo.detail``) where the outermost
+        runs have one, e.g. ``{"down": "depth limit"}``."""
+        return {k: s.detail for k, s in self._outer_stops().items() if s.detail}
 
     def z_extent(self) -> Optional[tuple]:
         """``(first, last)`` slice holding any object voxel, or None."""

@@ -441,8 +441,8 @@ class PropagationPanel(QGroupBox):
         seg.preview_layer.refresh()
         self._ctx = ctx
         self._fill_table()
-        ext = res.z_extent()
-        stops = ", ".join(f"{k}: {v}" for k, v in res.stop_reasons.items())
+        ext, why = res.z_extent(), res.stop_details
+        stops = ", ".join(f"{k}: {v}" + (f" ({why[k]})" if k in why else "") for k, v in res.stop_reasons.items())
         text = (f"{'cancelled: ' if res.cancelled else ''}{len(res.records)} slices"
                 + (f", object on {ext[0]}–{ext[1]}" if ext else ", no object")
                 + f", {len(res.flagged_slices())} flagged" + (f" ({stops})" if stops else "")
