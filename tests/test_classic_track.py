@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_samlab.cli import flag_lines
 from napari_samlab.models.base import Prompt
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.predictor import SlicePredictor
@@ -206,3 +207,42 @@ def test_no_motion_following_from_a_prompt_that_is_not_the_object():
     assert st["sep"] >= 1 / 3
     assert not np.array_equal(masks[st["sep"], "motion"], masks[st["sep"], "still"])
     assert np.array_equal(masks[0.2, "motion"], masks[0.2, "still"])
+
+
+def _grey_structure_between_neighbours(track_depth):
+    # a deep grey structure (thalamus / putamen-like) 0.06 darker than white
+    # matter, two grey neighbours of its own intensity touching its sides and
+    # a grey column that runs on below its end to the volume's edge (the
+    # thalamus into the midbrain): no intensity cue says where it ends
+    rng = np.random.default_rng(7)
+    shape = (64, 80, 80)
+    truth = _ellipsoid(shape, (36, 40, 36), (9, 12, 9))
+    zz, yy, xx = np.indices(shape)
+    column = ((yy - 42) ** 2 + (xx - 38) ** 2 <= 49) & (zz < 36)
+    beside = _ellipsoid(shape, (36, 40, 52), (12, 12, 7)) | _ellipsoid(shape, (36, 24, 36), (12, 6, 12))
+    grey = truth | column | beside
+    vol = np.where(grey, _tissue(shape, rng, 0.56, 0.03), _tissue(shape, rng, 0.62, 0.03))
+    vol = ndi.gaussian_filter(vol, 0.8) + 0.02 * rng.standard_normal(shape)
+    vol = (np.clip(vol, 0, 1) * 1000).astype(np.uint16)
+    res = propagate_from_prompt(SlicePredictor(ClassicModel(track_depth=track_depth)), vol, 36,
+                                Prompt(box=bbox(truth[36])), modality="MR")
+    return res, truth
+
+
+def test_object_without_an_outline_stops_at_its_depth_limit():
+    res, truth = _grey_structure_between_neighbours(0.375)
+    zs = np.flatnonzero(truth.any((1, 2)))
+    lo, hi = res.z_extent()
+    allowed = 2 + 0.1 * (zs[-1] - zs[0] + 1)
+    assert zs[0] - lo <= allowed and hi - zs[-1] <= allowed, (lo, hi, zs[0], zs[-1])
+    assert dice(res.mask, truth) >= 0.75
+    # the run that would have gone on says why it ended, and its end is flagged
+    down = [s for s in res.stops if s.direction == "down"][0]
+    assert down.reason == "empty" and down.detail == "depth limit" and "depth limit" in down.describe()
+    assert res.stop_details.get("down") == "depth limit"
+    assert "stopped_here" in res.records[lo].flags
+    line = [ln for ln in flag_lines(res) if ln.startswith(f"  slice {lo}:")][0]
+    assert "no clear outline" in line and "prompt a slice further on" in line
+    # without the limit the same run follows the grey column to the volume's edge
+    free, _ = _grey_structure_between_neighbours(0.0)
+    assert free.z_extent()[0] == 0 and dice(free.mask, truth) < 0.65

@@ -439,7 +439,15 @@ def _stop_why(stop) -> str:
         "low_score": f"the next slice's score was low ({v:.2f})" if v is not None else "low score",
         "intensity": "the intensity changed on the next slice",
     }
-    return text.get(stop.reason, stop.reason)
+    why = text.get(stop.reason, stop.reason)
+    detail = getattr(stop, "detail", None)
+    if detail == "depth limit":
+        # the classic engine's stop for an object without an outline of its own
+        why = ("the object has no clear outline of its own, so the run ended at a depth set by its width "
+               "(classic track_depth): prompt a slice further on to go on")
+    elif detail:
+        why += f": {detail}"
+    return why
 
 
 def flag_lines(result) -> List[str]:

@@ -67,7 +67,7 @@ from .classic_click import segment_click
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "6"
+ALGORITHM_VERSION = "7"
 TINY = 4  # boxes narrower than this are returned filled
 
 class ClassicModel(SegmentationModel):
@@ -145,10 +145,10 @@ class ClassicModel(SegmentationModel):
         > 1) not while the inside-minus-band contrast keeps ``track_edge``
         of the prompted object's (a partial-volume edge, flagged).
     track_min_fraction : float
-        The object has ended when less than this fraction of the previous
-        area is left.
-    track_flag_area : float
-        A kept slice whose area changed by more than this factor is flagged.
+        The object has ended when less than this fraction of the previous area is left.
+    track_flag_area, track_depth : float
+        A kept slice whose area changed by more than this factor is flagged.  An object without an
+        outline of its own (``classic_track.has_outline``) is followed at most ``track_depth`` of its length each way.
     track_motion : float
         On slices up to this thick (slice spacing over pixel size) the
         previous outline first moves with the image content (optical flow,
@@ -192,7 +192,7 @@ class ClassicModel(SegmentationModel):
                  track_prior: float = 2.5, track_prior_out: float = 5.0, track_smooth: float = 0.5,
                  track_evidence: float = 0.35, track_open: float = 0.5, track_min_fraction: float = 0.02, track_flag_area: float = 1.6,
                  track_thick: float = 1.0, track_calibrate: float = 0.5, track_edge: float = 0.33, track_motion: float = 1.5,
-                 box_prior: float = 8.0, box_power: float = 3.0, box_width: float = 0.3):
+                 track_depth: float = 0.3, box_prior: float = 8.0, box_power: float = 3.0, box_width: float = 0.3):
         # 2D values tuned with benchmarks/bench_classic_quality.py; track_*
         # with benchmarks/eval_propagation.py --suite (docs/classic_engine.md)
         self.params = dict(
@@ -201,14 +201,13 @@ class ClassicModel(SegmentationModel):
             grow=float(grow), edge_level=float(edge_level), shrink=int(shrink), refine_steps=int(refine_steps), trim=float(trim),
             click_level=float(click_level), click_background=float(click_background),
             split_h=float(split_h), split_sigma=float(split_sigma), split_dist=float(split_dist),
-            ray_rise=float(ray_rise), track_tau=float(track_tau), track_reach=float(track_reach),
-            track_change0=float(track_change0), track_prior=float(track_prior),
-            track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
+            ray_rise=float(ray_rise), track_tau=float(track_tau), track_reach=float(track_reach), track_change0=float(track_change0),
+            track_prior=float(track_prior), track_prior_out=float(track_prior_out), track_smooth=float(track_smooth),
             track_evidence=float(track_evidence), track_open=float(track_open),
             track_min_fraction=float(track_min_fraction), track_flag_area=float(track_flag_area),
             track_thick=float(track_thick), track_calibrate=float(track_calibrate), track_edge=float(track_edge),
-            track_motion=float(track_motion),
-            box_prior=float(box_prior), box_power=float(box_power), box_width=float(box_width),
+            track_motion=float(track_motion), track_depth=float(track_depth), box_prior=float(box_prior),
+            box_power=float(box_power), box_width=float(box_width),
         )
         for k, v in self.params.items():
             setattr(self, k, v)
