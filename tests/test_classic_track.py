@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from napari_samlab.cli import flag_lines
 from napari_samlab.models.base import Prompt
+from napari_samlab.models import classic_track
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.predictor import SlicePredictor
 from napari_samlab.propagate import propagate_from_prompt
@@ -246,3 +247,36 @@ def test_object_without_an_outline_stops_at_its_depth_limit():
     # without the limit the same run follows the grey column to the volume's edge
     free, _ = _grey_structure_between_neighbours(0.0)
     assert free.z_extent()[0] == 0 and dice(free.mask, truth) < 0.65
+
+
+def _jumping_tumour():
+    """A bright tumour on 6.5 mm slices whose cross-section doubles and moves
+    by twice its radius from the prompted slice to the next (true IoU 0.06)."""
+    rng = np.random.default_rng(11)
+    shape = (9, 96, 96)
+    blobs = {2: (5, 50, 64), 3: (9, 48, 60), 4: (18, 46, 40), 5: (13, 46, 38), 6: (6, 47, 40)}
+    yy, xx = np.indices(shape[1:])
+    truth = np.zeros(shape, bool)
+    vol = _tissue(shape, rng, 0.5, 0.03)
+    for z, (r, cy, cx) in blobs.items():
+        truth[z] = np.hypot(yy - cy, xx - cx) <= r
+        vol[z] = np.where(truth[z], 0.85, vol[z])
+    return (np.clip(vol + 0.03 * rng.standard_normal(shape), 0, 1) * 1000).astype(np.uint16), truth
+
+
+def test_tumour_that_moves_past_the_reach_on_thick_slices(monkeypatch):
+    vol, truth = _jumping_tumour()
+
+    def run():
+        return propagate_from_prompt(SlicePredictor(ClassicModel()), vol, 3, Prompt(box=bbox(truth[3])),
+                                     modality="MR", spacing=(6.5, 0.78, 0.78))
+
+    res = run()
+    assert res.z_extent() == (2, 6) and dice(res.mask, truth) >= 0.9
+    assert all(s.reason == "empty" for s in res.stops)  # the generic IoU rule left slice 4 to the step
+    assert "low_iou" in res.records[4].flags  # ... which is still flagged for the user
+    # without the wide outline the step keeps to its 45-degree reach and the
+    # generic IoU rule ends the run at the slice where the tumour moved
+    monkeypatch.setattr(classic_track, "WIDE_REACH", 0.0)
+    short = run()
+    assert short.stop_reasons["up"] == "low_iou" and dice(short.mask, truth) < 0.6

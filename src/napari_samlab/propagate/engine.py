@@ -283,9 +283,12 @@ class Engine:
         # an object that shrinks inside its previous outline is ending, not
         # jumping: the IoU and shrink rules only judge masks with new area
         shrinking = ratio is not None and ratio < 1.0 and _contained(mask, ref)
-        if i is not None and i < s.stop_min_iou and not shrinking:
+        # a model that measured the change as the object's own (the classic
+        # engine's wide outline on thick slices) is not judged by these rules
+        own = shrinking or bool((pred.extra or {}).get("own_change"))
+        if i is not None and i < s.stop_min_iou and not own:
             return self.stop(run, "low_iou", z, i)
-        if ratio is not None and max(ratio, 1.0 / ratio) > s.stop_area_factor and not shrinking:
+        if ratio is not None and max(ratio, 1.0 / ratio) > s.stop_area_factor and not own:
             return self.stop(run, "area_jump", z, ratio)
         if s.stop_growth_factor > 0 and run.max_area and area > s.stop_growth_factor * run.max_area:
             return self.stop(run, "area_jump", z, area / run.max_area)
