@@ -242,7 +242,7 @@ def run_suite(kinds, match=None, model=None, no_spacing=False):
               f"| {len(res.flagged_slices())} | {dt:.2f} | {stops} |", flush=True)
         rows.append(dict(name=c.name, kind=c.kind, group=c.group or c.name, dice=d3, dice2d=d2, box2d=d2_box, beyond=beyond, allowed=allowed, time=dt,
                          slices=len(res.records)))
-    clean = {r["name"]: r["dice"] for r in rows if r["kind"] == "real"}
+    clean = {r["name"]: r["dice"] for r in rows if r["kind"] in ("real", "public")}
     losses = []
     for r in rows:
         if r["kind"] == "perturbed":

@@ -7,7 +7,9 @@ Three kinds, each a ``Case(name, kind, volume, truth, modality)``:
   inside the brain mask: the largest dark 3D component near the centre, one
   side of the midline),
   the lung2 tumour and the right lung (air inside the body on CT);
-* **perturbed** copies of the real ones, made harder as real data is:
+* **perturbed** copies of the real ones (and of the public lesions on
+  thick slices: noise, bias field, half resolution, every 2nd slice of the
+  7-slice tumour), made harder as real data is:
   every 2nd / 3rd slice only (5 mm CT becomes 10 / 15 mm, like the 6.5 mm
   MRI of brain tumours), Gaussian noise, a bias field, contrast inversion
   (MRI), MRI normalised to zero mean or with NaN outside the head, CT stored
@@ -267,11 +269,16 @@ def synthetic_cases() -> list:
 
 
 def perturbed_cases(real: list) -> list:
-    """The perturbations that apply to each real case."""
+    """The perturbations that apply to each real (or public) case."""
     out = []
     plans = {
         "brain": ("z2", "z3", "noise", "bias", "invert", "zscore", "nan", "lowres"),
         "lung tumour": ("z2", "noise", "bias", "offset", "lowres"),
+        # the public lesions on thick slices, as harder scans of them would be
+        "brain tumour 1 (6.5 mm MRI)": ("z2", "noise", "bias", "lowres"),
+        "brain tumour 2 (6.5 mm MRI)": ("noise", "bias", "lowres"),
+        "lung tumour 1 (5 mm CT)": ("noise", "bias", "lowres"),
+        "breast lesion (MRI)": ("noise", "bias", "lowres"),
     }
     for c in real:
         for which in plans.get(c.name, ()):
@@ -318,11 +325,12 @@ def public_cases() -> list:
 
 def all_cases(kinds=("real", "perturbed", "synthetic", "public")) -> list:
     real = real_cases() if {"real", "perturbed"} & set(kinds) else []
+    public = public_cases() if {"public", "perturbed"} & set(kinds) else []
     cases = [c for c in real if "real" in kinds]
     if "perturbed" in kinds:
-        cases += perturbed_cases(real)
+        cases += perturbed_cases(real + public)
     if "synthetic" in kinds:
         cases += synthetic_cases()
     if "public" in kinds:
-        cases += public_cases()
+        cases += public
     return cases
