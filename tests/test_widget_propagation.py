@@ -107,9 +107,14 @@ def test_propagate_ct_review_and_commit_all_slices(make_napari_viewer, qtbot, ct
     assert not pv[:10].any() and not pv[31:].any()
     tz = truth.data > 0
     assert dice(res.mask[15:26], tz[15:26]) > 0.6
+    # the summary says why each outer run ended, with the engine's own reason
+    panel = seg.propagation
+    assert res.stop_details  # the classic engine ends the object itself
+    for k, v in res.stop_reasons.items():
+        why = res.stop_details.get(k)
+        assert f"{k}: {v}" + (f" ({why})" if why else "") in panel.summary.text()
 
     # quality table: one row per record, flagged rows highlighted
-    panel = seg.propagation
     assert panel.table.rowCount() == len(res.records)
     zs = sorted(res.records)
     assert [int(panel.table.item(r, 0).text()) for r in range(panel.table.rowCount())] == zs
