@@ -17,7 +17,7 @@ from napari_samlab.models.base import Prompt
 from napari_samlab.models import classic_track
 from napari_samlab.models.classic import ClassicModel
 from napari_samlab.predict.predictor import SlicePredictor
-from napari_samlab.propagate import propagate_from_prompt
+from napari_samlab.propagate import propagate_from_prompt, propagate_volume
 from napari_samlab.propagate.quality import bbox
 
 from conftest import dice
@@ -280,3 +280,31 @@ def test_tumour_that_moves_past_the_reach_on_thick_slices(monkeypatch):
     monkeypatch.setattr(classic_track, "WIDE_REACH", 0.0)
     short = run()
     assert short.stop_reasons["up"] == "low_iou" and dice(short.mask, truth) < 0.6
+
+
+def test_runs_between_two_prompts_have_no_depth_limit():
+    # a long grey structure (45 slices, 24 px in-plane) between grey
+    # neighbours: one prompt is followed a limited depth; with prompts on two
+    # slices far apart the user has said it goes on between them, and the gap
+    # is filled
+    rng = np.random.default_rng(7)
+    shape = (64, 80, 80)
+    truth = _ellipsoid(shape, (32, 40, 36), (22, 12, 9))
+    beside = _ellipsoid(shape, (32, 40, 52), (26, 12, 7)) | _ellipsoid(shape, (32, 24, 36), (26, 6, 12))
+    vol = np.where(truth | beside, _tissue(shape, rng, 0.56, 0.03), _tissue(shape, rng, 0.62, 0.03))
+    vol = (np.clip(ndi.gaussian_filter(vol, 0.8) + 0.02 * rng.standard_normal(shape), 0, 1) * 1000).astype(np.uint16)
+
+    def run(model, anchors):
+        return propagate_volume(SlicePredictor(model), vol, {z: Prompt(box=bbox(truth[z])) for z in anchors}, modality="MR")
+
+    one = run(ClassicModel(), [32])
+    assert "depth limit" in one.stop_details.values() and dice(one.mask, truth) < 0.5
+    two = run(ClassicModel(), [22, 42])
+    assert all(two.mask[z].any() for z in range(22, 43)) and dice(two.mask, truth) >= 0.8
+
+    class OutwardOnly(ClassicModel):  # a step that cannot be told a run is between two prompts
+        def propagate_step(self, embedding, prev_mask, prev_stats=None, slice_ratio=1.0, logits=True):
+            return super().propagate_step(embedding, prev_mask, prev_stats, slice_ratio, logits)
+
+    gap = run(OutwardOnly(), [22, 42])
+    assert not all(gap.mask[z].any() for z in range(22, 43)) and dice(gap.mask, truth) < 0.75

@@ -390,7 +390,7 @@ class ClassicModel(SegmentationModel):
         return classic_track.object_stats(embedding, mask, prev)
 
     def propagate_step(self, embedding: dict, prev_mask: np.ndarray, prev_stats: Optional[dict] = None,
-                       slice_ratio: float = 1.0, logits: bool = True) -> Prediction:
+                       slice_ratio: float = 1.0, logits: bool = True, outward: bool = True) -> Prediction:
         """The object of ``prev_mask`` (the neighbouring slice's result) on this slice.
 
         The object's appearance (learned on the prompted slice, updated
@@ -405,13 +405,14 @@ class ClassicModel(SegmentationModel):
         prev_mask : ndarray of bool (H, W)
             The previous slice's mask.
         prev_stats : dict, optional
-            :meth:`object_stats` of the previous slice (``extra["stats"]``
-            of the previous prediction); None estimates them from ``prev_mask``.
+            :meth:`object_stats` of the previous slice (``extra["stats"]`` of the previous prediction);
+            None estimates them from ``prev_mask``.
         slice_ratio : float
-            Slice spacing over pixel size (``PropagationSettings.slice_ratio``):
-            on thick slices the object may move and grow further.
-        logits : bool
-            False: ``low_res_logits`` None (propagation never reads it there).
+            Slice spacing over pixel size (``PropagationSettings.slice_ratio``): on thick slices the
+            object may move and grow further.
+        logits, outward : bool
+            False: ``low_res_logits`` None (propagation never reads it there); the run goes between two
+            prompted slices, where the user has said the object goes on (no ``track_depth`` limit).
 
         Returns
         -------
@@ -447,7 +448,7 @@ class ClassicModel(SegmentationModel):
               else self.object_stats(embedding, P))
         if st is None:
             return ended("no previous mask")
-        full, info = classic_track.propagate_step(self.params, embedding, P, st, slice_ratio)
+        full, info = classic_track.propagate_step(self.params, embedding, P, st, slice_ratio, outward)
         if full is None:
             return ended(info.pop("ended"), **info)
         stats = self.object_stats(embedding, full, prev=dict(st, _change=info.get("change", 0.0)))

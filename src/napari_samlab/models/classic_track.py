@@ -314,7 +314,8 @@ def _cut(post, p, dist, r_reach, side):
     return fill_holes(mask), leaked
 
 
-def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice_ratio: float = 1.0):
+def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice_ratio: float = 1.0,
+                   outward: bool = True):
     """The object of the previous mask ``P`` on this slice (module docstring).
 
     Returns ``(mask, info)``: ``mask`` bool (H, W), all False when the
@@ -328,7 +329,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     area0 = int(P.sum())
     anchor = st["anchor"]
     slice_ratio = float(slice_ratio)
-    if (params["track_depth"] > 0 and not has_outline(anchor)
+    # (between two prompted slices the user has said the object goes on)
+    if (outward and params["track_depth"] > 0 and not has_outline(anchor)
             and int(st.get("steps", 0)) * slice_ratio >= params["track_depth"] * anchor.get("length", np.inf)):
         return None, dict(area=0, flags=set(), ended="depth limit")
     rad = float(np.sqrt(area0 / np.pi))

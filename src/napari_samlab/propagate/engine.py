@@ -97,6 +97,9 @@ class Engine:
         # the track path never prompts with the previous logits: a step that
         # can skip them (two distance transforms a slice for classic) does
         self._step_takes_logits = self.track and _takes(self.model.propagate_step, "logits")
+        # a step that limits how far it follows an unsure object is told which
+        # runs go between two anchors (the user has said the object goes on)
+        self._step_takes_outward = self.track and _takes(self.model.propagate_step, "outward")
 
     # -- helpers ------------------------------------------------------
     def write(self, z: int, mask: np.ndarray) -> np.ndarray:
@@ -255,7 +258,7 @@ class Engine:
                 pred = ahead[1].result()  # computed beside the other run's step (run_all)
             else:
                 self.p.set_image(self.volume[z], window=self.win)
-                pred = self.track_step(self.p.embedding, prior, run.stats)
+                pred = self.track_step(self.p.embedding, prior, run.stats, spec.kind != "gap")
         else:
             prompt = self.next_prompt(run)
             if prompt is None:
@@ -322,10 +325,12 @@ class Engine:
         prior = run.prev if run.prev is not None and run.prev.any() else run.ref
         return prior if prior is not None and prior.any() else None
 
-    def track_step(self, embedding: dict, prior: np.ndarray, stats) -> Prediction:
+    def track_step(self, embedding: dict, prior: np.ndarray, stats, outward: bool = True) -> Prediction:
         extra = {"slice_ratio": self.slice_ratio} if self._step_takes_ratio else {}
         if self._step_takes_logits:
             extra["logits"] = False
+        if self._step_takes_outward:
+            extra["outward"] = outward
         return self.model.propagate_step(embedding, prior, stats, **extra)
 
     def _steps_ahead(self, pool, runs) -> None:
@@ -350,11 +355,11 @@ class Engine:
         if len(todo) < 2:
             return  # nothing to overlap: step() computes it as usual
         for r, z, prior in todo:
-            r.ahead = (z, pool.submit(self._encode_and_step, z, prior, r.stats))
+            r.ahead = (z, pool.submit(self._encode_and_step, z, prior, r.stats, r.spec.kind != "gap"))
 
-    def _encode_and_step(self, z: int, prior: np.ndarray, stats) -> Prediction:
+    def _encode_and_step(self, z: int, prior: np.ndarray, stats, outward: bool = True) -> Prediction:
         emb, _, _ = self.p.embedding_for(self.volume[z], window=self.win)
-        return self.track_step(emb, prior, stats)
+        return self.track_step(emb, prior, stats, outward)
 
     def _pool(self, runs):
         import os
