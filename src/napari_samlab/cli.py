@@ -443,8 +443,8 @@ def _stop_why(stop) -> str:
     detail = getattr(stop, "detail", None)
     if detail == "depth limit":
         # the classic engine's stop for an object without an outline of its own
-        why = ("the object has no clear outline of its own, so the run ended at a depth set by its width "
-               "(classic track_depth): prompt a slice further on to go on")
+        why = ("the object has no clear outline of its own, so the run ended at a depth set by its size on the "
+               "prompted slice (classic track_depth): prompt a slice further on to go on")
     elif detail:
         why += f": {detail}"
     return why
