@@ -224,7 +224,7 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
         bg = 0.5 * anchor["bg"] + 0.5 * bg
     L = log_ratio(g, fg, bg)
     evidence = float(L[m].mean())
-    open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    open_frac = _open(L, band)
     edge = evidence - float(L[band].mean()) if band.any() else evidence
     bias = _calibrate(L, m, ring)
     st = _threshold_stats(g, inner, ring)
@@ -260,13 +260,29 @@ def _calibrate(L: np.ndarray, m: np.ndarray, ring: np.ndarray, smooth: float = 0
     return float(np.clip(level, -1.0, 1.0))
 
 
+def _band(mask: np.ndarray):
+    """The band 2-4 px outside ``mask`` that the stop rules and :func:`_contrast` read."""
+    return grow(mask, 4) & ~grow(mask, 1)
+
+
+def _open(L: np.ndarray, band: np.ndarray) -> float:
+    """Object-like fraction of ``band`` (``L`` > 0); 0 for an empty band."""
+    return float((L[band] > 0).mean()) if band.any() else 0.0
+
+
+def _merged(params: dict, anchor: dict, open_frac: float) -> bool:
+    """More than ``track_open`` of the band looks like the object, and clearly
+    more than around the prompted object: no edge of its own."""
+    return open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25
+
+
 def _contrast(L: np.ndarray, mask: np.ndarray, band: Optional[np.ndarray] = None) -> float:
     """Mean ``L`` inside ``mask`` minus mean ``L`` in a band 2-4 px outside it
     (``band``, when the caller has it already)."""
     if not mask.any():
         return -np.inf
     if band is None:
-        band = grow(mask, 4) & ~grow(mask, 1)
+        band = _band(mask)
     return float(L[mask].mean()) - (float(L[band].mean()) if band.any() else 0.0)
 
 
@@ -350,7 +366,7 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     (r0, r1, c0, c1), p, f, g, L, Lc, sdf = _maps(params, embedding, P, st, r_reach + 6)
     before = st.get("image")
     if (0 < slice_ratio <= params["track_motion"] and before is not None and before.shape == (H, W)
-            and st["anchor"].get("sep", 1.0) >= MOTION_MIN_SEP):
+            and anchor.get("sep", 1.0) >= MOTION_MIN_SEP):
         # thin slices: the previous outline moves with the anatomy around it
         moved = follow_motion(before[r0:r1, c0:c1], f[..., 0], sdf)
         if int((moved > 0).sum()) >= 4:
@@ -369,8 +385,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     if area < max(4, params["track_min_fraction"] * area0):
         return None, dict(info, ended="vanished")
     evidence = float(L[mask].mean())
-    band = grow(mask, 4) & ~grow(mask, 1)
-    open_frac = float((L[band] > 0).mean()) if band.any() else 0.0
+    band = _band(mask)
+    open_frac = _open(L, band)
     edge = _contrast(L, mask, band)
     info.update(evidence=evidence, open=open_frac, edge=edge)
     ref = max(anchor["evidence"], 0.25)
@@ -383,7 +399,7 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
     La = ndi.gaussian_filter(log_ratio(g, anchor["fg"], anchor["bg"]), params["track_smooth"])
     if float(La[mask].mean()) < 0.0:
         return None, dict(info, ended="unlike the prompted object")
-    if open_frac > params["track_open"] and open_frac > anchor["open"] + 0.25:
+    if _merged(params, anchor, open_frac):
         # a thick slice averages the object with what lies above and below
         # its outline: the edge is a partial-volume ramp and the band just
         # outside looks object-like although the object is not merged.  It
@@ -415,9 +431,9 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
         # moved or grown past it (brain tumour 1: the true IoU of two 6.5 mm
         # slices is 0.14): the same outline ``WIDE_REACH`` radii (at most that
         # many 45-degree reaches) further, on a crop of its own, kept only
-        # when it closes within that
-        # reach (no part runs on to the limit), has an edge of its own (the
-        # stop rule's band test) and stands out more than the outline so far
+        # when it closes within that reach (no part runs on to the limit),
+        # has an edge of its own (the stop rule's band test) and stands out
+        # more than the outline so far
         if ran_on:
             r_wide = int(round(r_reach + WIDE_REACH * min(rad, thick)))
             box_w, p_w, _, _, L_w, Lc_w, sdf_w = _maps(params, embedding, P, st, r_wide + 6)
@@ -427,10 +443,8 @@ def propagate_step(params: dict, embedding: dict, P: np.ndarray, st: dict, slice
             if not leaked_w and int((wide & (dist_w > r_reach)).sum()) >= WIDE_MIN_GAIN * area0:
                 now = np.zeros_like(wide)
                 now[r0 - box_w[0]:r1 - box_w[0], c0 - box_w[2]:c1 - box_w[2]] = mask
-                band_w = grow(wide, 4) & ~grow(wide, 1)
-                open_w = float((L_w[band_w] > 0).mean()) if band_w.any() else 0.0
-                if (open_w <= max(params["track_open"], anchor["open"] + 0.25)
-                        and _contrast(L_w, wide, band_w) > _contrast(L_w, now)):
+                band_w = _band(wide)
+                if not _merged(params, anchor, _open(L_w, band_w)) and _contrast(L_w, wide, band_w) > _contrast(L_w, now):
                     (r0, r1, c0, c1), p, mask, area = box_w, p_w, wide, int(wide.sum())
                     info.update(area=area, own_change=True)
     inter = int((mask & p).sum())

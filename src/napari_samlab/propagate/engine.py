@@ -258,7 +258,7 @@ class Engine:
                 pred = ahead[1].result()  # computed beside the other run's step (run_all)
             else:
                 self.p.set_image(self.volume[z], window=self.win)
-                pred = self.track_step(self.p.embedding, prior, run.stats, spec.kind != "gap")
+                pred = self.track_step(self.p.embedding, prior, run.stats, spec.kind == "outward")
         else:
             prompt = self.next_prompt(run)
             if prompt is None:
@@ -355,7 +355,7 @@ class Engine:
         if len(todo) < 2:
             return  # nothing to overlap: step() computes it as usual
         for r, z, prior in todo:
-            r.ahead = (z, pool.submit(self._encode_and_step, z, prior, r.stats, r.spec.kind != "gap"))
+            r.ahead = (z, pool.submit(self._encode_and_step, z, prior, r.stats, r.spec.kind == "outward"))
 
     def _encode_and_step(self, z: int, prior: np.ndarray, stats, outward: bool = True) -> Prediction:
         emb, _, _ = self.p.embedding_for(self.volume[z], window=self.win)
