@@ -308,3 +308,15 @@ def test_runs_between_two_prompts_have_no_depth_limit():
 
     gap = run(OutwardOnly(), [22, 42])
     assert not all(gap.mask[z].any() for z in range(22, 43)) and dice(gap.mask, truth) < 0.75
+
+
+def test_a_band_too_small_to_tell_counts_as_no_outline():
+    # brain tumour 2 at half resolution: 10 % of a 122 px band looked like the
+    # object, at the limit; a count over so few pixels cannot say the object
+    # stands apart, so it is followed only to its depth limit (it ran 4 slices
+    # past its end); the same fraction over a large band is a clear outline
+    faint = dict(evidence=0.69, open=0.098)
+    assert not classic_track.has_outline(dict(faint, open_n=122))
+    assert classic_track.has_outline(dict(faint, open_n=100_000))
+    assert classic_track.has_outline(dict(faint, open=0.0, open_n=122))
+    assert classic_track.has_outline(dict(faint, evidence=1.9, open_n=122))

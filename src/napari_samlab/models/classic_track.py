@@ -142,8 +142,13 @@ def has_outline(anchor: dict) -> bool:
     outside it looks like the object.  Then no intensity cue says where it
     ends (deep grey structures on T1 run on into the brainstem or the
     lentiform nucleus), and the run stops at ``track_depth`` of its length.
+    The band's fraction is a count over few pixels on a small object (a
+    7 x 8 px tumour has 122), so it counts as below the limit only when it
+    is by more than its binomial standard error: where the measurement
+    cannot tell, the object is treated as unsure.
     """
-    return anchor["evidence"] >= OUTLINE_EVIDENCE or anchor["open"] <= OUTLINE_OPEN
+    p, n = anchor["open"], max(int(anchor.get("open_n", 0)), 1)
+    return anchor["evidence"] >= OUTLINE_EVIDENCE or p + np.sqrt(p * (1.0 - p) / n) <= OUTLINE_OPEN
 
 
 def _length(m: np.ndarray) -> float:
@@ -229,8 +234,8 @@ def object_stats(embedding: dict, mask: np.ndarray, prev: Optional[dict] = None)
     bias = _calibrate(L, m, ring)
     st = _threshold_stats(g, inner, ring)
     if prev is None or prev.get("anchor") is None:
-        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, area=area, edge=edge, sep=st["sep"],
-                      length=_length(m))
+        anchor = dict(fg=fg, bg=bg, evidence=evidence, open=open_frac, open_n=int(band.sum()), area=area, edge=edge,
+                      sep=st["sep"], length=_length(m))
     change, prev_area, steps = 0.0, area, 0
     if prev is not None:
         prev_area, steps = int(prev.get("area", area)), int(prev.get("steps", 0)) + 1
