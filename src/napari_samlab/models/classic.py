@@ -67,7 +67,7 @@ from .classic_click import segment_click
 __all__ = ["ClassicModel"]
 
 # Bumped whenever an algorithmic change alters results (part of cache keys).
-ALGORITHM_VERSION = "7"
+ALGORITHM_VERSION = "8"
 TINY = 4  # boxes narrower than this are returned filled
 
 class ClassicModel(SegmentationModel):
